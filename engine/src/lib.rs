@@ -1,0 +1,21 @@
+//! flint-engine: from prompts to tokens.
+//!
+//! - [`Generator`]: a model + tokenizer + KV cache running one sequence through the paged,
+//!   varlen model path (chunked prefill, then decode). `flint run` and the benches use it.
+//! - [`SamplingParams`] / [`Sampler`]: checked sampling parameters and the token picker.
+//! - [`Tokenizer`]: tokenizer.json plus tokenizer_config.json settings (BOS, chat template).
+//! - [`Detokenizer`]: incremental, UTF-8-correct text deltas from token ids.
+//! - [`EngineError`]: this layer's one error type.
+
+pub mod detokenizer;
+pub mod error;
+pub mod generate;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use detokenizer::Detokenizer;
+pub use error::EngineError;
+pub use flint_models as models;
+pub use generate::{Completion, FinishReason, Generator, GeneratorOptions};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;

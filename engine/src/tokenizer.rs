@@ -1,0 +1,100 @@
+//! The model's tokenizer (tokenizer.json) plus what tokenizer_config.json says about special
+//! tokens and the chat template.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{EngineError, Result};
+
+/// A loaded tokenizer with the settings generation needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Prepend the BOS token to plain prompts (`add_bos_token` in tokenizer_config.json).
+    pub add_bos_token: bool,
+    pub bos_token_id: Option<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// The raw `chat_template` (string, or list of named templates) if the model has one.
+    pub chat_template: Option<serde_json::Value>,
+    pub path: PathBuf,
+}
+
+/// A token string from tokenizer_config.json: `"<s>"` or `{"content": "<s>", ...}`.
+fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` (required) and `tokenizer_config.json` (optional) from `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(EngineError::Tokenizer { path, reason: "file not found".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| EngineError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.is_file() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| EngineError::Tokenizer { path: cfg_path.clone(), reason: e.to_string() })?;
+            serde_json::from_str(&text)
+                .map_err(|e| EngineError::Tokenizer { path: cfg_path.clone(), reason: e.to_string() })?
+        } else {
+            serde_json::Value::Null
+        };
+        let bos_token = token_str(cfg.get("bos_token"));
+        let bos_token_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        Ok(Self {
+            add_bos_token: cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+            bos_token_id,
+            bos_token,
+            eos_token: token_str(cfg.get("eos_token")),
+            chat_template: cfg.get("chat_template").filter(|v| !v.is_null()).cloned(),
+            inner,
+            path,
+        })
+    }
+
+    /// The tokenizer_config.json-style JSON the server's chat template reads.
+    pub fn template_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chat_template": self.chat_template,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        })
+    }
+
+    /// Encodes a plain prompt, adding BOS when the model wants it. Special-token text typed
+    /// in the prompt is matched as special tokens, as HF's `encode` does.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode_raw(text)?;
+        if self.add_bos_token {
+            if let Some(bos) = self.bos_token_id.filter(|b| ids.first() != Some(b)) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Encodes text as is (no BOS/EOS added).
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text, keeping special tokens out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| EngineError::Tokenize(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

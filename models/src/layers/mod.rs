@@ -1,0 +1,7 @@
+//! Building blocks shared by the architectures: rotary embedding, attention over the paged
+//! cache, the gated MLP, and the Llama-family decoder they make up.
+
+pub mod attention;
+pub mod decoder;
+pub mod mlp;
+pub mod rope;

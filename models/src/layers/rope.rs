@@ -1,0 +1,79 @@
+//! Rotary position embedding (HF's "rotate half" layout), with Llama-3 and linear scaling.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::config::{ModelConfig, RopeScaling};
+
+/// cos/sin tables `[max_position_embeddings, head_dim / 2]`, gathered per token by position.
+#[derive(Debug)]
+pub struct RotaryEmbedding {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The inverse frequencies of `cfg`, scaling applied, as HF computes them.
+pub fn inv_freq(cfg: &ModelConfig) -> Vec<f64> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> =
+        (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+    match &cfg.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3(s)) => {
+            // Long wavelengths are interpolated by `factor`, short ones kept, the band between
+            // blended smoothly (Llama 3.1's "llama3" rope_type).
+            let old = s.original_max_position_embeddings as f64;
+            let low_wavelen = old / s.low_freq_factor;
+            let high_wavelen = old / s.high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / s.factor
+                    } else {
+                        let smooth = (old / wavelen - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * f / s.factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+impl RotaryEmbedding {
+    pub fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let inv = inv_freq(cfg);
+        let max = cfg.max_position_embeddings;
+        let half = inv.len();
+        // f32 like HF: positions and frequencies are multiplied in float32 there.
+        let inv32: Vec<f32> = inv.iter().map(|&f| f as f32).collect();
+        let mut cos = Vec::with_capacity(max * half);
+        let mut sin = Vec::with_capacity(max * half);
+        for p in 0..max {
+            for &f in &inv32 {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max, half), device)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotates `q` `[T, heads, d]` and `k` `[T, kv_heads, d]` by each token's position
+    /// (`u32 [T]`).
+    pub fn apply(&self, q: &Tensor, k: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        let rot = |x: &Tensor| -> Result<Tensor> {
+            let x = x.unsqueeze(0)?.contiguous()?;
+            candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.squeeze(0)
+        };
+        Ok((rot(q)?, rot(k)?))
+    }
+}

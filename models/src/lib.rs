@@ -1,0 +1,39 @@
+//! flint-models: the model side of flint.
+//!
+//! - [`Model`]: the one trait the engine runs — a forward pass over a [`ForwardBatch`] (the
+//!   flattened new tokens of many sequences plus their paged-attention metadata) that writes
+//!   K/V into a [`KvCache`] and returns logits for the rows that sample.
+//! - [`ModelConfig`]: config.json parsed and checked once.
+//! - [`load`] / [`LoadedModel`]: a Hugging Face directory (config.json, generation_config.json,
+//!   model.safetensors or sharded) to a ready model, on the CPU or a GPU, in f32/bf16/f16.
+//! - `arch/`: one file per architecture (Llama/Mistral/SmolLM2, Qwen2, Qwen3), built from the
+//!   shared layers in `layers/` and shaped like the HF checkpoint.
+//! - [`gguf`]: GGUF → Hugging Face directory converter; [`source`]: model references (local
+//!   directories or Hugging Face repo ids).
+
+pub mod arch;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod kv_cache;
+pub mod layers;
+pub mod loader;
+pub mod source;
+
+pub use batch::{ForwardBatch, LogitsRows, SeqInput};
+pub use candle_core::{DType, Device, Tensor};
+pub use config::{Architecture, ModelConfig};
+pub use error::ModelError;
+pub use kv_cache::{KvCache, KvCacheSpec};
+pub use loader::{load, parse_dtype, GenerationConfig, LoadOptions, LoadedModel};
+
+/// A causal language model that runs varlen batches over a paged KV cache.
+pub trait Model: Send {
+    fn config(&self) -> &ModelConfig;
+    /// The per-layer K/V shape and dtype this model writes.
+    fn kv_cache_spec(&self) -> KvCacheSpec;
+    /// Runs the batch's new tokens: writes their K/V into `kv` and returns f32 logits
+    /// `[batch.num_logits, vocab_size]` for the rows in `batch.logits_indices`.
+    fn forward(&self, batch: &ForwardBatch, kv: &KvCache) -> candle_core::Result<Tensor>;
+}

