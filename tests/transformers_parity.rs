@@ -119,13 +119,19 @@ fn batched_sequences_match_their_single_runs() {
 
 #[test]
 fn bf16_and_f16_compute_stay_close_to_f32() {
-    for (dtype, tol) in [(DType::BF16, 0.15), (DType::F16, 0.02)] {
+    // Relative to the largest reference logit: bf16 keeps 8 mantissa bits, f16 11.
+    for (dtype, tol) in [(DType::BF16, 0.03), (DType::F16, 0.005)] {
         let (m, reference, dir) = load_tiny("llama-gqa-tied", dtype);
         let want = candle_core::safetensors::load(dir.join("reference_logits.safetensors"), &Device::Cpu).unwrap();
         let ids = common::ids(&reference["logits_cases"][2]["input_ids"]);
         let got = logits_in_chunks(&m, &ids, ids.len(), 16);
         assert_eq!(got.dtype(), DType::F32, "logits are always f32");
-        let diff = max_abs_diff(&got, &want["case2"]);
-        assert!(diff <= tol, "{dtype:?}: max |diff| {diff}");
+        let scale: f32 = want["case2"].abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        let diff = max_abs_diff(&got, &want["case2"]) / scale;
+        assert!(diff <= tol, "{dtype:?}: max |diff| / max |logit| = {diff}");
+        let argmax = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let (a, b) = (argmax(&got), argmax(&want["case2"]));
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(same * 10 >= a.len() * 9, "{dtype:?}: top-1 agrees on {same}/{} positions", a.len());
     }
 }

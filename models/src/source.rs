@@ -41,7 +41,10 @@ pub enum ModelRef {
     /// A local directory (not checked for existence until [`resolve`]).
     LocalDir(PathBuf),
     /// A Hugging Face Hub model repo, `org/name`, at `revision` (default: `main`).
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelRef {
@@ -58,8 +61,14 @@ impl fmt::Display for ModelRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelRef::LocalDir(p) => write!(f, "{}", p.display()),
-            ModelRef::Hub { repo, revision: None } => write!(f, "{repo}"),
-            ModelRef::Hub { repo, revision: Some(rev) } => write!(f, "{repo}@{rev}"),
+            ModelRef::Hub {
+                repo,
+                revision: None,
+            } => write!(f, "{repo}"),
+            ModelRef::Hub {
+                repo,
+                revision: Some(rev),
+            } => write!(f, "{repo}@{rev}"),
         }
     }
 }
@@ -72,7 +81,10 @@ impl FromStr for ModelRef {
     /// - `org/name` or `org/name@revision` with valid Hub name characters → [`ModelRef::Hub`];
     /// - anything else → [`SourceError::InvalidRef`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason: String| SourceError::InvalidRef { input: s.to_string(), reason };
+        let invalid = |reason: String| SourceError::InvalidRef {
+            input: s.to_string(),
+            reason,
+        };
         if s.trim().is_empty() {
             return Err(invalid("empty model reference".into()));
         }
@@ -95,7 +107,10 @@ impl FromStr for ModelRef {
         if let Some(rev) = revision {
             validate_revision(rev).map_err(|reason| invalid(format!("bad revision: {reason}")))?;
         }
-        Ok(ModelRef::Hub { repo: repo.to_string(), revision: revision.map(str::to_string) })
+        Ok(ModelRef::Hub {
+            repo: repo.to_string(),
+            revision: revision.map(str::to_string),
+        })
     }
 }
 
@@ -124,7 +139,7 @@ fn expand_tilde(s: &str) -> PathBuf {
         s.strip_prefix("~/")
     };
     match (rest, home_dir()) {
-        (Some(rest), Some(home)) if rest.is_empty() => home,
+        (Some(""), Some(home)) => home,
         (Some(rest), Some(home)) => home.join(rest),
         _ => PathBuf::from(s),
     }
@@ -134,15 +149,18 @@ fn valid_name_part(part: &str, what: &str) -> Result<(), String> {
     if part.is_empty() {
         return Err(format!("empty {what}"));
     }
-    if let Some(c) =
-        part.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    if let Some(c) = part
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Err(format!(
             "invalid character {c:?} in {what} {part:?} (allowed: letters, digits, '-', '_', '.')"
         ));
     }
     if part.starts_with(['-', '.']) || part.ends_with(['-', '.']) {
-        return Err(format!("{what} {part:?} cannot start or end with '-' or '.'"));
+        return Err(format!(
+            "{what} {part:?} cannot start or end with '-' or '.'"
+        ));
     }
     if part.contains("--") || part.contains("..") {
         return Err(format!("{what} {part:?} cannot contain '--' or '..'"));
@@ -157,12 +175,16 @@ fn validate_repo_id(repo: &str) -> Result<(), String> {
         return Err(format!("{repo:?} has no '/' (expected `org/name`)"));
     };
     if name.contains('/') {
-        return Err(format!("{repo:?} has more than one '/' (expected `org/name`)"));
+        return Err(format!(
+            "{repo:?} has more than one '/' (expected `org/name`)"
+        ));
     }
     valid_name_part(org, "organisation")?;
     valid_name_part(name, "model name")?;
     if repo.len() > MAX_REPO_ID_LEN {
-        return Err(format!("repo id is longer than {MAX_REPO_ID_LEN} characters"));
+        return Err(format!(
+            "repo id is longer than {MAX_REPO_ID_LEN} characters"
+        ));
     }
     Ok(())
 }
@@ -180,8 +202,13 @@ fn validate_revision(rev: &str) -> Result<(), String> {
     {
         return Err(format!("invalid character {c:?} in revision {rev:?}"));
     }
-    if rev.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(format!("revision {rev:?} has an empty, '.' or '..' path segment"));
+    if rev
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "revision {rev:?} has an empty, '.' or '..' path segment"
+        ));
     }
     Ok(())
 }
@@ -203,7 +230,10 @@ pub struct ResolveOptions {
 impl Default for ResolveOptions {
     /// Downloads allowed, with progress bars.
     fn default() -> Self {
-        Self { allow_download: true, progress: true }
+        Self {
+            allow_download: true,
+            progress: true,
+        }
     }
 }
 
@@ -261,14 +291,22 @@ pub fn resolve(r: &ModelRef, opts: &ResolveOptions) -> Result<PathBuf, SourceErr
 /// `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
 /// `~/.cache/huggingface/hub`. `None` only when no home directory is known.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
         .or_else(|| hf_home().map(|h| h.join("hub")))
 }
 
 fn hf_home() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HOME")
         .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("huggingface")))
         .or_else(|| home_dir().map(|h| h.join(".cache").join("huggingface")))
@@ -276,7 +314,12 @@ fn hf_home() -> Option<PathBuf> {
 
 fn env_truthy(key: &str) -> bool {
     std::env::var(key)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -394,12 +437,17 @@ impl Resolver {
             return Err(unavailable("downloads are disabled (offline mode)".into()));
         }
         if self.offline {
-            return Err(unavailable("downloads are disabled (HF_HUB_OFFLINE is set)".into()));
+            return Err(unavailable(
+                "downloads are disabled (HF_HUB_OFFLINE is set)".into(),
+            ));
         }
         let Some(cache_dir) = &self.cache_dir else {
-            return Err(unavailable("nowhere to download to (no cache directory)".into()));
+            return Err(unavailable(
+                "nowhere to download to (no cache directory)".into(),
+            ));
         };
-        self.download(repo, revision, cache_dir, opts.progress).map_err(unavailable)
+        self.download(repo, revision, cache_dir, opts.progress)
+            .map_err(unavailable)
     }
 
     /// Downloads the files of `repo@revision` that the cache lacks into the cache, and returns
@@ -423,7 +471,11 @@ impl Resolver {
         // One listing tells which files exist and pins the commit, so that all files come from
         // the same snapshot even if the branch moves meanwhile.
         let info = api
-            .repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()))
+            .repo(Repo::with_revision(
+                repo.to_string(),
+                RepoType::Model,
+                revision.to_string(),
+            ))
             .info()
             .map_err(|e| describe_hub_error("cannot list the repository", &e.to_string()))?;
         let sha = info.sha;
@@ -439,7 +491,12 @@ impl Resolver {
             }
             wanted.push(f.to_string());
         }
-        wanted.extend(OPTIONAL_FILES.iter().filter(|f| remote.contains(**f)).map(|f| f.to_string()));
+        wanted.extend(
+            OPTIONAL_FILES
+                .iter()
+                .filter(|f| remote.contains(**f))
+                .map(|f| f.to_string()),
+        );
         let sharded = if remote.contains(SINGLE_WEIGHTS) {
             wanted.push(SINGLE_WEIGHTS.to_string());
             false
@@ -457,15 +514,19 @@ impl Resolver {
         let snapshot = cache_repo_dir.join("snapshots").join(&sha);
         let pinned_ref = cache_repo_dir.join("refs").join(&sha);
         let pinned_ref_existed = pinned_ref.exists();
-        let api_repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, sha.clone()));
+        let api_repo = api.repo(Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            sha.clone(),
+        ));
         let fetch = |file: &str| -> Result<(), String> {
             if snapshot.join(file).exists() {
                 return Ok(());
             }
             tracing::info!("downloading {file} from {repo}@{revision} ({sha})");
-            let path = api_repo
-                .download(file)
-                .map_err(|e| describe_hub_error(&format!("downloading {file} failed"), &e.to_string()))?;
+            let path = api_repo.download(file).map_err(|e| {
+                describe_hub_error(&format!("downloading {file} failed"), &e.to_string())
+            })?;
             if path != snapshot.join(file) {
                 return Err(format!(
                     "{file} was stored at {} instead of under {}",
@@ -480,7 +541,8 @@ impl Resolver {
                 fetch(file)?;
             }
             if sharded {
-                let shards = read_index_shards(&snapshot.join(WEIGHTS_INDEX)).map_err(|e| e.to_string())?;
+                let shards =
+                    read_index_shards(&snapshot.join(WEIGHTS_INDEX)).map_err(|e| e.to_string())?;
                 for shard in &shards {
                     fetch(shard)?;
                 }
@@ -495,7 +557,11 @@ impl Resolver {
         result?;
         if revision != sha {
             Cache::new(cache_dir.to_path_buf())
-                .repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()))
+                .repo(Repo::with_revision(
+                    repo.to_string(),
+                    RepoType::Model,
+                    revision.to_string(),
+                ))
                 .create_ref(&sha)
                 .map_err(|e| format!("cannot record refs/{revision} in the cache: {e}"))?;
         }
@@ -527,9 +593,16 @@ fn describe_hub_error(what: &str, err: &str) -> String {
 /// machine gets a clear error within seconds instead of waiting on the HTTP client's timeouts.
 /// Skipped when a proxy is configured, since then the endpoint need not be directly reachable.
 fn probe_endpoint(endpoint: &str) -> Result<(), String> {
-    let proxied = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    let proxied = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
     if proxied {
         return Ok(());
     }
@@ -549,7 +622,10 @@ fn probe_endpoint(endpoint: &str) -> Result<(), String> {
         },
         _ => (authority.to_string(), default_port),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if host.is_empty() {
         return Err(format!("endpoint {endpoint:?} has no host"));
     }
@@ -557,27 +633,33 @@ fn probe_endpoint(endpoint: &str) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let target = format!("{host}:{port}");
     // DNS lookups cannot be given a timeout; run the probe on a thread and stop waiting for it.
-    let spawned = std::thread::Builder::new().name("hf-probe".into()).spawn(move || {
-        use std::net::ToSocketAddrs;
-        let result = match (host.as_str(), port).to_socket_addrs() {
-            Err(e) => Err(format!("cannot resolve {host}: {e}")),
-            Ok(addrs) => {
-                let mut last = format!("{host} resolved to no address");
-                let mut ok = false;
-                for addr in addrs {
-                    match std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) {
-                        Ok(_) => {
-                            ok = true;
-                            break;
+    let spawned = std::thread::Builder::new()
+        .name("hf-probe".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            let result = match (host.as_str(), port).to_socket_addrs() {
+                Err(e) => Err(format!("cannot resolve {host}: {e}")),
+                Ok(addrs) => {
+                    let mut last = format!("{host} resolved to no address");
+                    let mut ok = false;
+                    for addr in addrs {
+                        match std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) {
+                            Ok(_) => {
+                                ok = true;
+                                break;
+                            }
+                            Err(e) => last = format!("cannot connect to {addr}: {e}"),
                         }
-                        Err(e) => last = format!("cannot connect to {addr}: {e}"),
+                    }
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(last)
                     }
                 }
-                if ok { Ok(()) } else { Err(last) }
-            }
-        };
-        let _ = tx.send(result);
-    });
+            };
+            let _ = tx.send(result);
+        });
     if spawned.is_err() {
         return Ok(()); // no probe; the HTTP client will report the failure
     }
@@ -596,7 +678,10 @@ fn resolve_local(dir: &Path) -> Result<PathBuf, SourceError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(SourceError::LocalNotFound(dir.to_path_buf()))
         }
-        Err(e) => Err(SourceError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => Err(SourceError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
         Ok(m) if !m.is_dir() => Err(SourceError::NotADirectory(dir.to_path_buf())),
         Ok(_) if !dir.join("config.json").is_file() => {
             Err(SourceError::MissingConfig(dir.to_path_buf()))
@@ -628,15 +713,20 @@ fn find_cached_snapshot(repo_dir: &Path, revision: &str) -> Result<PathBuf, Stri
     } else if commit == revision {
         Err(format!("no refs/{revision} and no snapshots/{revision}"))
     } else {
-        Err(format!("refs/{revision} points to {commit}, but snapshots/{commit} is missing"))
+        Err(format!(
+            "refs/{revision} points to {commit}, but snapshots/{commit} is missing"
+        ))
     }
 }
 
 /// The files `dir` still needs to be a complete model: required files, weights and every shard
 /// the index names. An unreadable index is an error, an absent one a missing file.
 fn missing_files(dir: &Path) -> Result<Vec<String>, SourceError> {
-    let mut missing: Vec<String> =
-        REQUIRED_FILES.iter().filter(|f| !dir.join(f).is_file()).map(|f| f.to_string()).collect();
+    let mut missing: Vec<String> = REQUIRED_FILES
+        .iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(|f| f.to_string())
+        .collect();
     if dir.join(SINGLE_WEIGHTS).is_file() {
         return Ok(missing);
     }
@@ -655,9 +745,14 @@ fn missing_files(dir: &Path) -> Result<Vec<String>, SourceError> {
 
 /// The distinct shard files a `model.safetensors.index.json` names, in order.
 pub fn read_index_shards(index: &Path) -> Result<Vec<String>, SourceError> {
-    let invalid = |reason: String| SourceError::InvalidIndex { path: index.to_path_buf(), reason };
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| SourceError::Io { path: index.to_path_buf(), source: e })?;
+    let invalid = |reason: String| SourceError::InvalidIndex {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| SourceError::Io {
+        path: index.to_path_buf(),
+        source: e,
+    })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let map = json
@@ -673,9 +768,12 @@ pub fn read_index_shards(index: &Path) -> Result<Vec<String>, SourceError> {
         let p = Path::new(file);
         if file.is_empty()
             || p.is_absolute()
-            || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return Err(invalid(format!("shard path {file:?} is not a plain relative path")));
+            return Err(invalid(format!(
+                "shard path {file:?} is not a plain relative path"
+            )));
         }
         if seen.insert(file.to_string()) {
             shards.push(file.to_string());
@@ -697,7 +795,10 @@ mod tests {
     const OTHER_COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
     fn offline() -> ResolveOptions {
-        ResolveOptions { allow_download: false, progress: false }
+        ResolveOptions {
+            allow_download: false,
+            progress: false,
+        }
     }
 
     fn hub(s: &str) -> ModelRef {
@@ -714,8 +815,11 @@ mod tests {
             let blob = repo_dir.join("blobs").join(format!("{commit}-{i}"));
             fs::write(&blob, content).unwrap();
             #[cfg(unix)]
-            std::os::unix::fs::symlink(Path::new("../../blobs").join(blob.file_name().unwrap()), snap.join(name))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                Path::new("../../blobs").join(blob.file_name().unwrap()),
+                snap.join(name),
+            )
+            .unwrap();
             #[cfg(not(unix))]
             fs::copy(&blob, snap.join(name)).unwrap();
         }
@@ -723,7 +827,9 @@ mod tests {
     }
 
     fn write_ref(cache: &Path, repo: &str, name: &str, commit: &str) {
-        let refs = cache.join(format!("models--{}", repo.replace('/', "--"))).join("refs");
+        let refs = cache
+            .join(format!("models--{}", repo.replace('/', "--")))
+            .join("refs");
         let file = refs.join(name);
         fs::create_dir_all(file.parent().unwrap()).unwrap();
         fs::write(file, commit).unwrap(); // huggingface_hub writes no trailing newline
@@ -748,35 +854,63 @@ mod tests {
     #[test]
     fn parse_local_paths() {
         for s in ["/abs/path", "./rel", "../up", ".", "..", "./org/name@v1"] {
-            assert_eq!(s.parse::<ModelRef>().unwrap(), ModelRef::LocalDir(PathBuf::from(s)), "{s}");
+            assert_eq!(
+                s.parse::<ModelRef>().unwrap(),
+                ModelRef::LocalDir(PathBuf::from(s)),
+                "{s}"
+            );
         }
         if let Some(home) = home_dir() {
-            assert_eq!("~".parse::<ModelRef>().unwrap(), ModelRef::LocalDir(home.clone()));
-            assert_eq!("~/m/x".parse::<ModelRef>().unwrap(), ModelRef::LocalDir(home.join("m/x")));
+            assert_eq!(
+                "~".parse::<ModelRef>().unwrap(),
+                ModelRef::LocalDir(home.clone())
+            );
+            assert_eq!(
+                "~/m/x".parse::<ModelRef>().unwrap(),
+                ModelRef::LocalDir(home.join("m/x"))
+            );
         }
         // An existing relative path wins over the repo-id reading (tests run in the crate root).
         assert!(Path::new("src/gguf").is_dir());
-        assert_eq!("src/gguf".parse::<ModelRef>().unwrap(), ModelRef::LocalDir("src/gguf".into()));
-        assert_eq!("src".parse::<ModelRef>().unwrap(), ModelRef::LocalDir("src".into()));
+        assert_eq!(
+            "src/gguf".parse::<ModelRef>().unwrap(),
+            ModelRef::LocalDir("src/gguf".into())
+        );
+        assert_eq!(
+            "src".parse::<ModelRef>().unwrap(),
+            ModelRef::LocalDir("src".into())
+        );
     }
 
     #[test]
     fn parse_hub_ids() {
         assert_eq!(
             hub("HuggingFaceTB/SmolLM2-135M-Instruct"),
-            ModelRef::Hub { repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), revision: None }
+            ModelRef::Hub {
+                repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+                revision: None
+            }
         );
         assert_eq!(
             hub("meta-llama/Llama-3.2-1B@main"),
-            ModelRef::Hub { repo: "meta-llama/Llama-3.2-1B".into(), revision: Some("main".into()) }
+            ModelRef::Hub {
+                repo: "meta-llama/Llama-3.2-1B".into(),
+                revision: Some("main".into())
+            }
         );
         assert_eq!(
             hub(&format!("Qwen/Qwen2.5-0.5B@{COMMIT}")),
-            ModelRef::Hub { repo: "Qwen/Qwen2.5-0.5B".into(), revision: Some(COMMIT.into()) }
+            ModelRef::Hub {
+                repo: "Qwen/Qwen2.5-0.5B".into(),
+                revision: Some(COMMIT.into())
+            }
         );
         assert_eq!(
             hub("org/name_v1.5@refs/pr/1"),
-            ModelRef::Hub { repo: "org/name_v1.5".into(), revision: Some("refs/pr/1".into()) }
+            ModelRef::Hub {
+                repo: "org/name_v1.5".into(),
+                revision: Some("refs/pr/1".into())
+            }
         );
         assert_eq!(hub("org/name@v1").to_string(), "org/name@v1");
         assert_eq!(hub("org/name").revision_or_main(), Some("main"));
@@ -828,12 +962,21 @@ mod tests {
         assert_eq!(resolver.resolve(&r, &offline()).unwrap(), tmp.path());
 
         let missing = ModelRef::LocalDir(tmp.path().join("nope"));
-        assert!(matches!(resolver.resolve(&missing, &offline()), Err(SourceError::LocalNotFound(_))));
+        assert!(matches!(
+            resolver.resolve(&missing, &offline()),
+            Err(SourceError::LocalNotFound(_))
+        ));
         let file = ModelRef::LocalDir(tmp.path().join("config.json"));
-        assert!(matches!(resolver.resolve(&file, &offline()), Err(SourceError::NotADirectory(_))));
+        assert!(matches!(
+            resolver.resolve(&file, &offline()),
+            Err(SourceError::NotADirectory(_))
+        ));
         let empty = tempfile::tempdir().unwrap();
         let r = ModelRef::LocalDir(empty.path().to_path_buf());
-        assert!(matches!(resolver.resolve(&r, &offline()), Err(SourceError::MissingConfig(_))));
+        assert!(matches!(
+            resolver.resolve(&r, &offline()),
+            Err(SourceError::MissingConfig(_))
+        ));
     }
 
     #[test]
@@ -842,17 +985,30 @@ mod tests {
         let snap = write_snapshot(cache.path(), "org/tiny", COMMIT, &sharded_files());
         write_ref(cache.path(), "org/tiny", "main", COMMIT);
         let resolver = Resolver::with_cache_dir(cache.path());
-        assert_eq!(resolver.resolve(&hub("org/tiny"), &offline()).unwrap(), snap);
-        assert_eq!(resolver.resolve(&hub("org/tiny@main"), &offline()).unwrap(), snap);
+        assert_eq!(
+            resolver.resolve(&hub("org/tiny"), &offline()).unwrap(),
+            snap
+        );
+        assert_eq!(
+            resolver.resolve(&hub("org/tiny@main"), &offline()).unwrap(),
+            snap
+        );
         // A ref file with a trailing newline (as some tools write it) works too.
         write_ref(cache.path(), "org/tiny", "v1.0", &format!("{COMMIT}\n"));
-        assert_eq!(resolver.resolve(&hub("org/tiny@v1.0"), &offline()).unwrap(), snap);
+        assert_eq!(
+            resolver.resolve(&hub("org/tiny@v1.0"), &offline()).unwrap(),
+            snap
+        );
     }
 
     #[test]
     fn resolves_commit_hash_and_branch_refs() {
         let cache = tempfile::tempdir().unwrap();
-        let single = [("config.json", "{}"), ("tokenizer.json", "{}"), ("model.safetensors", "w")];
+        let single = [
+            ("config.json", "{}"),
+            ("tokenizer.json", "{}"),
+            ("model.safetensors", "w"),
+        ];
         let old = write_snapshot(cache.path(), "org/tiny", COMMIT, &single);
         let new = write_snapshot(cache.path(), "org/tiny", OTHER_COMMIT, &single);
         write_ref(cache.path(), "org/tiny", "main", OTHER_COMMIT);
@@ -860,10 +1016,23 @@ mod tests {
         let resolver = Resolver::with_cache_dir(cache.path());
         assert_eq!(resolver.resolve(&hub("org/tiny"), &offline()).unwrap(), new);
         // A commit hash needs no ref file.
-        assert_eq!(resolver.resolve(&hub(&format!("org/tiny@{COMMIT}")), &offline()).unwrap(), old);
-        assert_eq!(resolver.resolve(&hub("org/tiny@refs/pr/1"), &offline()).unwrap(), old);
+        assert_eq!(
+            resolver
+                .resolve(&hub(&format!("org/tiny@{COMMIT}")), &offline())
+                .unwrap(),
+            old
+        );
+        assert_eq!(
+            resolver
+                .resolve(&hub("org/tiny@refs/pr/1"), &offline())
+                .unwrap(),
+            old
+        );
         // An unknown branch is not silently replaced by some other snapshot.
-        let err = resolver.resolve(&hub("org/tiny@dev"), &offline()).unwrap_err().to_string();
+        let err = resolver
+            .resolve(&hub("org/tiny@dev"), &offline())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no refs/dev"), "{err}");
     }
 
@@ -878,7 +1047,14 @@ mod tests {
         write_ref(cache.path(), "org/tiny", "main", COMMIT);
         let resolver = Resolver::with_cache_dir(cache.path());
         let err = resolver.resolve(&hub("org/tiny"), &offline()).unwrap_err();
-        let SourceError::Unavailable { ref cache_dir, cache: ref why, ref hub, ref url, .. } = err else {
+        let SourceError::Unavailable {
+            ref cache_dir,
+            cache: ref why,
+            ref hub,
+            ref url,
+            ..
+        } = err
+        else {
             panic!("unexpected {err}")
         };
         assert_eq!(cache_dir, &cache.path().join("models--org--tiny"));
@@ -887,7 +1063,10 @@ mod tests {
         assert!(hub.contains("disabled"), "{hub}");
         assert_eq!(url, "https://huggingface.co/org/tiny");
         let msg = err.to_string();
-        assert!(msg.contains("models--org--tiny") && msg.contains("https://huggingface.co/org/tiny"), "{msg}");
+        assert!(
+            msg.contains("models--org--tiny") && msg.contains("https://huggingface.co/org/tiny"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -897,7 +1076,11 @@ mod tests {
             cache.path(),
             "org/tiny",
             COMMIT,
-            &[("config.json", "{}"), ("tokenizer.json", "{}"), ("model.safetensors", "w")],
+            &[
+                ("config.json", "{}"),
+                ("tokenizer.json", "{}"),
+                ("model.safetensors", "w"),
+            ],
         );
         write_ref(cache.path(), "org/tiny", "main", COMMIT);
         let blob = fs::canonicalize(snap.join("model.safetensors")).unwrap();
@@ -912,17 +1095,29 @@ mod tests {
     #[test]
     fn missing_tokenizer_and_bad_index() {
         let cache = tempfile::tempdir().unwrap();
-        write_snapshot(cache.path(), "org/a", COMMIT, &[("config.json", "{}"), ("model.safetensors", "w")]);
+        write_snapshot(
+            cache.path(),
+            "org/a",
+            COMMIT,
+            &[("config.json", "{}"), ("model.safetensors", "w")],
+        );
         write_ref(cache.path(), "org/a", "main", COMMIT);
         write_snapshot(
             cache.path(),
             "org/b",
             COMMIT,
-            &[("config.json", "{}"), ("tokenizer.json", "{}"), (WEIGHTS_INDEX, r#"{"weight_map": {"x": "../../evil"}}"#)],
+            &[
+                ("config.json", "{}"),
+                ("tokenizer.json", "{}"),
+                (WEIGHTS_INDEX, r#"{"weight_map": {"x": "../../evil"}}"#),
+            ],
         );
         write_ref(cache.path(), "org/b", "main", COMMIT);
         let resolver = Resolver::with_cache_dir(cache.path());
-        let err = resolver.resolve(&hub("org/a"), &offline()).unwrap_err().to_string();
+        let err = resolver
+            .resolve(&hub("org/a"), &offline())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing tokenizer.json"), "{err}");
         let err = resolver.resolve(&hub("org/b"), &offline()).unwrap_err();
         assert!(matches!(err, SourceError::InvalidIndex { .. }), "{err}");
@@ -937,7 +1132,16 @@ mod tests {
             .to_string();
         assert!(err.contains("org/absent@v2"), "{err}");
         assert!(err.contains("not in the cache"), "{err}");
-        assert!(err.contains(&cache.path().join("models--org--absent").display().to_string()), "{err}");
+        assert!(
+            err.contains(
+                &cache
+                    .path()
+                    .join("models--org--absent")
+                    .display()
+                    .to_string()
+            ),
+            "{err}"
+        );
         assert!(err.contains("downloads are disabled"), "{err}");
     }
 
@@ -949,17 +1153,36 @@ mod tests {
         let resolver = Resolver::with_cache_dir(cache.path()).endpoint("http://127.0.0.1:1");
         let start = Instant::now();
         let err = resolver
-            .resolve(&hub("org/absent"), &ResolveOptions { allow_download: true, progress: false })
+            .resolve(
+                &hub("org/absent"),
+                &ResolveOptions {
+                    allow_download: true,
+                    progress: false,
+                },
+            )
             .unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            start.elapsed()
+        );
         let msg = err.to_string();
-        eprintln!("{msg}");
         assert!(matches!(err, SourceError::Unavailable { .. }), "{msg}");
-        assert!(msg.contains("not in the cache") && msg.contains("http://127.0.0.1:1/org/absent"), "{msg}");
+        assert!(
+            msg.contains("not in the cache") && msg.contains("http://127.0.0.1:1/org/absent"),
+            "{msg}"
+        );
         // Either the probe or (with a proxy configured) the HTTP client reports the failure.
-        assert!(msg.contains("unreachable") || msg.contains("cannot list"), "{msg}");
+        assert!(
+            msg.contains("unreachable") || msg.contains("cannot list"),
+            "{msg}"
+        );
         // Nothing was written into the cache.
-        assert!(!cache.path().join("models--org--absent").join("refs").exists());
+        assert!(!cache
+            .path()
+            .join("models--org--absent")
+            .join("refs")
+            .exists());
     }
 
     /// Against the real Hub (`cargo test -p flint-models source -- --ignored --nocapture`): a repo
@@ -970,7 +1193,13 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let start = Instant::now();
         let err = Resolver::with_cache_dir(cache.path())
-            .resolve(&hub("flint-test/no-such-model-xyz"), &ResolveOptions { allow_download: true, progress: false })
+            .resolve(
+                &hub("flint-test/no-such-model-xyz"),
+                &ResolveOptions {
+                    allow_download: true,
+                    progress: false,
+                },
+            )
             .unwrap_err();
         eprintln!("{err}\n(after {:?})", start.elapsed());
         assert!(matches!(err, SourceError::Unavailable { .. }));
@@ -984,9 +1213,15 @@ mod tests {
         fs::write(&p, SHARDED_INDEX).unwrap();
         assert_eq!(
             read_index_shards(&p).unwrap(),
-            vec!["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+            vec![
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
         );
         fs::write(&p, "{").unwrap();
-        assert!(matches!(read_index_shards(&p), Err(SourceError::InvalidIndex { .. })));
+        assert!(matches!(
+            read_index_shards(&p),
+            Err(SourceError::InvalidIndex { .. })
+        ));
     }
 }

@@ -130,16 +130,16 @@ pub(crate) fn plan_tensors<'f>(
 
 /// Dequantizes one GGUF tensor to an f32 tensor in HF shape.
 pub(crate) fn dequantize(g: &GgufFile, t: &TensorInfo) -> Result<Tensor, GgufError> {
-    let err = |source| GgufError::Dequantize {
+    let err = |source: candle_core::Error| GgufError::Dequantize {
         path: g.path().to_path_buf(),
         tensor: t.name.clone(),
-        source,
+        source: Box::new(source),
     };
     let raw = g.tensor_data(t)?;
     // candle reinterprets the bytes as blocks: they must be aligned for the block type
     // (at most 4 bytes); copy them when the file's alignment does not guarantee that.
     let copy;
-    let bytes = if (raw.as_ptr() as usize) % 8 == 0 {
+    let bytes = if (raw.as_ptr() as usize).is_multiple_of(8) {
         raw
     } else {
         copy = AlignedBytes::new(raw);
@@ -244,10 +244,10 @@ impl LazyTensor<'_, '_> {
     fn produce(&self) -> Result<Vec<u8>, GgufError> {
         let file = self.ctx.file;
         let info = self.plan.info;
-        let err = |source| GgufError::Dequantize {
+        let err = |source: candle_core::Error| GgufError::Dequantize {
             path: file.path().to_path_buf(),
             tensor: info.name.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut t = dequantize(file, info)?;
         if let Some(heads) = self.plan.unpermute_heads {

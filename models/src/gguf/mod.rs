@@ -19,6 +19,8 @@ mod value;
 mod test_writer;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_reader;
 
 use std::fmt;
 use std::fs;
@@ -163,7 +165,7 @@ pub enum GgufError {
         path: PathBuf,
         tensor: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{}: cannot build the tokenizer: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
@@ -231,6 +233,11 @@ pub fn convert(
     )?;
 
     let bytes_written = dir_size(tmp.path())?;
+    // safetensors writes through a 0600 temporary file: give the weights the same (umask
+    // based) permissions as the JSON files.
+    if let Ok(meta) = fs::metadata(tmp.path().join("config.json")) {
+        let _ = fs::set_permissions(tmp.path().join("model.safetensors"), meta.permissions());
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -153,10 +153,10 @@ fn rope_scaling(g: &GgufFile, head_dim: usize, theta: f64) -> Result<Option<Json
         let factors: Vec<f32> = dequantize(g, t)?
             .flatten_all()
             .and_then(|t| t.to_vec1())
-            .map_err(|source| GgufError::Dequantize {
+            .map_err(|source: candle_core::Error| GgufError::Dequantize {
                 path: g.path().to_path_buf(),
                 tensor: t.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if factors.len() != head_dim / 2 {
             return Err(bad(
