@@ -26,9 +26,15 @@ fn main() {
         .collect();
     for minor in PYTHON_MINORS {
         // pip as root on Debian/Ubuntu, pip on python.org / docker `python:` images, then conda.
-        dirs.push(format!("/usr/local/lib/python3.{minor}/dist-packages/nvidia/cu13/lib"));
-        dirs.push(format!("/usr/local/lib/python3.{minor}/site-packages/nvidia/cu13/lib"));
-        dirs.push(format!("/opt/conda/lib/python3.{minor}/site-packages/nvidia/cu13/lib"));
+        dirs.push(format!(
+            "/usr/local/lib/python3.{minor}/dist-packages/nvidia/cu13/lib"
+        ));
+        dirs.push(format!(
+            "/usr/local/lib/python3.{minor}/site-packages/nvidia/cu13/lib"
+        ));
+        dirs.push(format!(
+            "/opt/conda/lib/python3.{minor}/site-packages/nvidia/cu13/lib"
+        ));
     }
     dirs.push("/usr/lib/python3/dist-packages/nvidia/cu13/lib".to_owned());
 

@@ -13,7 +13,8 @@ pub struct Tokenizer {
     pub bos_token_id: Option<u32>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
-    /// The raw `chat_template` (string, or list of named templates) if the model has one.
+    /// The raw `chat_template` (string, or list of named templates) if the model has one,
+    /// from tokenizer_config.json or chat_template.jinja.
     pub chat_template: Option<serde_json::Value>,
     pub path: PathBuf,
 }
@@ -45,6 +46,14 @@ impl Tokenizer {
         } else {
             serde_json::Value::Null
         };
+        // Newer checkpoints ship the template as its own file instead of inside the config.
+        let mut chat_template = cfg.get("chat_template").filter(|v| !v.is_null()).cloned();
+        let jinja = dir.join("chat_template.jinja");
+        if chat_template.is_none() && jinja.is_file() {
+            let text = std::fs::read_to_string(&jinja)
+                .map_err(|e| EngineError::Tokenizer { path: jinja.clone(), reason: e.to_string() })?;
+            chat_template = Some(serde_json::Value::String(text));
+        }
         let bos_token = token_str(cfg.get("bos_token"));
         let bos_token_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
         Ok(Self {
@@ -52,7 +61,7 @@ impl Tokenizer {
             bos_token_id,
             bos_token,
             eos_token: token_str(cfg.get("eos_token")),
-            chat_template: cfg.get("chat_template").filter(|v| !v.is_null()).cloned(),
+            chat_template,
             inner,
             path,
         })

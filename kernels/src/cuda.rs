@@ -23,6 +23,8 @@ mod tests {
                 assert!(ptx::RESHAPE_AND_CACHE.contains(&entry), "missing {entry}");
             }
         }
-        assert!(ptx::ALL.iter().any(|(name, _)| *name == super::RESHAPE_AND_CACHE_MODULE));
+        assert!(ptx::ALL
+            .iter()
+            .any(|(name, _)| *name == super::RESHAPE_AND_CACHE_MODULE));
     }
 }
