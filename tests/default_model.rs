@@ -97,3 +97,17 @@ fn chat_template_renders_like_transformers() {
         assert_eq!(tok.encode_raw(&rendered).unwrap(), common::ids(&case["prompt_ids"]));
     }
 }
+
+#[test]
+fn bad_prompts_are_clear_errors() {
+    let Some(dir) = common::default_model() else { return };
+    let mut generator = Generator::load(&dir, &LoadOptions::default(), GeneratorOptions::default()).unwrap();
+    let params = SamplingParams::new(4).unwrap();
+    let e = generator.generate_ids(&[], &params, |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    let e = generator.generate_ids(&[1, 49152], &params, |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("49152"), "{e}");
+    let huge = SamplingParams::new(generator.max_context()).unwrap();
+    let e = generator.generate_ids(&[1, 2, 3], &huge, |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("context length"), "{e}");
+}

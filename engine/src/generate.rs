@@ -116,15 +116,8 @@ impl Generator {
         params: &SamplingParams,
         on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<Completion> {
-        let (ids, finish, prefill_secs, decode_secs) = self.runner.generate(prompt, params, on_token)?;
-        Ok(Completion {
-            prompt_tokens: prompt.len(),
-            text: self.tokenizer.decode(&ids)?,
-            token_ids: ids,
-            finish_reason: finish,
-            prefill_secs,
-            decode_secs,
-        })
+        let run = self.runner.generate(prompt, params, on_token)?;
+        run.into_completion(prompt.len(), &self.tokenizer)
     }
 
     /// Like [`Self::generate_ids`], streaming text deltas (complete UTF-8 only) to `on_text`.
@@ -136,7 +129,7 @@ impl Generator {
     ) -> Result<Completion> {
         let mut detok = Detokenizer::new();
         let tok = &self.tokenizer;
-        let (ids, finish, prefill_secs, decode_secs) = self.runner.generate(prompt, params, |id| {
+        let run = self.runner.generate(prompt, params, |id| {
             let delta = detok.push(tok, id)?;
             if !delta.is_empty() {
                 on_text(&delta);
@@ -147,13 +140,27 @@ impl Generator {
         if !rest.is_empty() {
             on_text(&rest);
         }
+        run.into_completion(prompt.len(), tok)
+    }
+}
+
+/// What the token loop produced, before detokenization.
+struct Run {
+    ids: Vec<u32>,
+    finish: FinishReason,
+    prefill_secs: f64,
+    decode_secs: f64,
+}
+
+impl Run {
+    fn into_completion(self, prompt_tokens: usize, tok: &Tokenizer) -> Result<Completion> {
         Ok(Completion {
-            prompt_tokens: prompt.len(),
-            text: tok.decode(&ids)?,
-            token_ids: ids,
-            finish_reason: finish,
-            prefill_secs,
-            decode_secs,
+            prompt_tokens,
+            text: tok.decode(&self.ids)?,
+            token_ids: self.ids,
+            finish_reason: self.finish,
+            prefill_secs: self.prefill_secs,
+            decode_secs: self.decode_secs,
         })
     }
 }
@@ -176,13 +183,12 @@ impl Runner {
     }
 
     /// The token loop: chunked prefill, then one decode step per token.
-    /// Returns (ids, finish reason, prefill seconds, decode seconds).
     fn generate(
         &mut self,
         prompt: &[u32],
         params: &SamplingParams,
         mut on_token: impl FnMut(u32) -> Result<()>,
-    ) -> Result<(Vec<u32>, FinishReason, f64, f64)> {
+    ) -> Result<Run> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -219,15 +225,14 @@ impl Runner {
             }
         }
         let mut logits = logits.expect("a non-empty prompt has a last chunk");
-        let mut prefill_secs = 0.0;
+        // Time to first token: the prompt's forward passes plus the first sample.
+        let mut prefill_secs = None;
         let mut ids = Vec::new();
         let mut finish = FinishReason::Length;
         loop {
             let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
             let next = sampler.sample(&row);
-            if ids.is_empty() {
-                prefill_secs = start.elapsed().as_secs_f64();
-            }
+            prefill_secs.get_or_insert_with(|| start.elapsed().as_secs_f64());
             if !params.ignore_eos && self.eos.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
@@ -243,8 +248,9 @@ impl Runner {
             let batch = ForwardBatch::new(&[seq], bs, &device)?;
             logits = self.model.forward(&batch, kv)?;
         }
+        let prefill_secs = prefill_secs.unwrap_or_default();
         let decode_secs = start.elapsed().as_secs_f64() - prefill_secs;
-        Ok((ids, finish, prefill_secs, decode_secs))
+        Ok(Run { ids, finish, prefill_secs, decode_secs })
     }
 }
 

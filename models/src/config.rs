@@ -175,7 +175,7 @@ impl ModelConfig {
         }
         let num_heads = hf.num_attention_heads;
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(num_heads);
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(invalid(
                 "num_key_value_heads",
                 format!("{num_kv_heads} does not divide num_attention_heads ({num_heads})"),
@@ -183,7 +183,7 @@ impl ModelConfig {
         }
         let head_dim = match hf.head_dim {
             Some(d) => d,
-            None if hf.hidden_size % num_heads == 0 => hf.hidden_size / num_heads,
+            None if hf.hidden_size.is_multiple_of(num_heads) => hf.hidden_size / num_heads,
             None => {
                 return Err(invalid(
                     "num_attention_heads",
