@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear_b, rms_norm, Linear, RmsNorm, VarBuilder};
 use flint_kernels::{paged_attention, reshape_and_cache};
 
-use crate::{batch::ForwardBatch, config::ModelConfig, layers::rope::RotaryEmbedding};
+use crate::{batch::ForwardBatch, config::ModelConfig, layers::rope::RopeRows};
 
 #[derive(Debug)]
 pub struct Attention {
@@ -50,7 +50,7 @@ impl Attention {
     pub fn forward(
         &self,
         x: &Tensor,
-        rope: &RotaryEmbedding,
+        rope: &RopeRows,
         batch: &ForwardBatch,
         k_cache: &Tensor,
         v_cache: &Tensor,
@@ -63,7 +63,7 @@ impl Attention {
             Some((qn, kn)) => (qn.forward(&q.contiguous()?)?, kn.forward(&k.contiguous()?)?),
             None => (q, k),
         };
-        let (q, k) = rope.apply(&q, &k, &batch.positions)?;
+        let (q, k) = rope.apply(&q, &k)?;
         reshape_and_cache(&k, k_cache, &batch.slot_mapping)?;
         reshape_and_cache(&v, v_cache, &batch.slot_mapping)?;
         let out = paged_attention(&q, k_cache, v_cache, &batch.attn, self.scale)?;

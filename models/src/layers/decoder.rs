@@ -9,7 +9,11 @@ use crate::{
     batch::ForwardBatch,
     config::ModelConfig,
     kv_cache::{KvCache, KvCacheSpec},
-    layers::{attention::Attention, mlp::Mlp, rope::RotaryEmbedding},
+    layers::{
+        attention::Attention,
+        mlp::Mlp,
+        rope::{RopeRows, RotaryEmbedding},
+    },
     Model,
 };
 
@@ -38,7 +42,7 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &RotaryEmbedding,
+        rope: &RopeRows,
         batch: &ForwardBatch,
         kv: (&Tensor, &Tensor),
     ) -> Result<Tensor> {
@@ -108,9 +112,10 @@ impl Model for DecoderModel {
                 s.context_len
             );
         }
+        let rope = self.rope.for_positions(&batch.positions)?;
         let mut x = self.embed_tokens.forward(&batch.input_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &self.rope, batch, kv.layer(i)?)?;
+            x = layer.forward(&x, &rope, batch, kv.layer(i)?)?;
         }
         // Only the rows that sample pay for the final norm and the vocabulary projection.
         let x = x.index_select(&batch.logits_indices, 0)?;

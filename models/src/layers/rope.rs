@@ -65,14 +65,26 @@ impl RotaryEmbedding {
         })
     }
 
-    /// Rotates `q` `[T, heads, d]` and `k` `[T, kv_heads, d]` by each token's position
-    /// (`u32 [T]`).
-    pub fn apply(&self, q: &Tensor, k: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        let cos = self.cos.index_select(positions, 0)?;
-        let sin = self.sin.index_select(positions, 0)?;
+    /// The cos/sin rows of one batch's token positions (`u32 [T]`); gathered once per
+    /// forward pass and shared by every layer.
+    pub fn for_positions(&self, positions: &Tensor) -> Result<RopeRows> {
+        Ok(RopeRows { cos: self.cos.index_select(positions, 0)?, sin: self.sin.index_select(positions, 0)? })
+    }
+}
+
+/// cos/sin `[T, head_dim / 2]` for the tokens of one batch.
+#[derive(Debug)]
+pub struct RopeRows {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeRows {
+    /// Rotates `q` `[T, heads, d]` and `k` `[T, kv_heads, d]` by each token's position.
+    pub fn apply(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
         let rot = |x: &Tensor| -> Result<Tensor> {
             let x = x.unsqueeze(0)?.contiguous()?;
-            candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.squeeze(0)
+            candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?.squeeze(0)
         };
         Ok((rot(q)?, rot(k)?))
     }
