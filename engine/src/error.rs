@@ -18,6 +18,14 @@ pub enum EngineError {
     TokenOutOfVocab { id: u32, vocab_size: usize },
     #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
     ContextTooLong { prompt: usize, max_tokens: usize, context: usize },
+    #[error("invalid engine setting `{field}`: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    #[error(transparent)]
+    Admit(#[from] crate::scheduler::AdmitError),
+    #[error("the engine is shutting down")]
+    Shutdown,
+    #[error("engine step failed: {0}")]
+    StepFailed(String),
     #[error("model forward failed: {0}")]
     Forward(#[from] candle_core::Error),
 }

@@ -11,7 +11,7 @@ use flint_models::{
 use crate::{
     detokenizer::Detokenizer,
     error::{EngineError, Result},
-    sampling::{Sampler, SamplingParams},
+    sampling::{SampleContext, Sampler, SamplingParams},
     tokenizer::Tokenizer,
 };
 
@@ -196,6 +196,7 @@ impl Runner {
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(EngineError::TokenOutOfVocab { id, vocab_size });
         }
+        params.check_vocab(vocab_size)?;
         let context = self.max_context();
         if prompt.len() + params.max_tokens > context {
             return Err(EngineError::ContextTooLong {
@@ -230,8 +231,9 @@ impl Runner {
         let mut ids = Vec::new();
         let mut finish = FinishReason::Length;
         loop {
-            let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-            let next = sampler.sample(&row);
+            let mut row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+            let ctx = SampleContext { prompt, output: &ids, eos_ids: &self.eos };
+            let next = sampler.sample(&mut row, &ctx).id;
             prefill_secs.get_or_insert_with(|| start.elapsed().as_secs_f64());
             if !params.ignore_eos && self.eos.contains(&next) {
                 finish = FinishReason::Stop;

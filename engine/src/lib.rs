@@ -7,10 +7,19 @@
 //! - [`Detokenizer`]: incremental, UTF-8-correct text deltas from token ids.
 //! - [`EngineError`]: this layer's one error type.
 
+pub mod core;
 pub mod detokenizer;
 pub mod error;
 pub mod generate;
+pub mod handle;
+pub mod ids;
+pub mod kv;
+pub mod memory;
+pub mod output;
+pub mod runner;
 pub mod sampling;
+pub mod scheduler;
+pub mod stop;
 pub mod tokenizer;
 
 pub use detokenizer::Detokenizer;

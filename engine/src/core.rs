@@ -1,0 +1,295 @@
+//! [`EngineCore`]: the engine thread. It owns every piece of mutable engine state (scheduler,
+//! KV cache, model, samplers) and runs the loop
+//! `drain commands → schedule → run → sample → update → emit`.
+//! The rest of the process reaches it only through [`EngineCommand`]s and each request's event
+//! channel.
+
+use std::collections::HashMap;
+
+use tokio::sync::{
+    mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender},
+    oneshot,
+};
+
+use crate::{
+    error::EngineError,
+    ids::{AdapterId, RequestId, SeqId},
+    output::{RequestEvent, TokenLogprob},
+    runner::ModelRunner,
+    sampling::{SampleContext, Sampler, SamplingParams},
+    scheduler::{NewSeq, Scheduler, SchedulerOutput, SchedulerStats},
+};
+
+/// A new request for the engine thread.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub id: RequestId,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub adapter: Option<AdapterId>,
+    pub events: UnboundedSender<RequestEvent>,
+}
+
+/// Everything the engine thread can be asked to do.
+#[derive(Debug)]
+pub(crate) enum EngineCommand {
+    Submit(Submission),
+    /// Ends a request (`index: None`) or one of its samples; blocks are freed at once.
+    Abort { id: RequestId, index: Option<usize> },
+    Stats(oneshot::Sender<EngineStats>),
+    Shutdown,
+}
+
+/// A snapshot of the engine's state and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub scheduler: SchedulerStats,
+    /// Requests in flight (each may have several samples).
+    pub requests: usize,
+    /// Forward passes run so far.
+    pub steps: u64,
+    /// Tokens run through the model (prompt, recomputed and decode tokens).
+    pub computed_tokens: u64,
+    /// Output tokens produced.
+    pub generated_tokens: u64,
+}
+
+/// One running sample.
+struct Active {
+    req: RequestId,
+    index: usize,
+    sampler: Sampler,
+    events: UnboundedSender<RequestEvent>,
+}
+
+pub(crate) struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    eos_ids: Vec<u32>,
+    active: HashMap<SeqId, Active>,
+    requests: HashMap<RequestId, Vec<SeqId>>,
+    next_seq: u64,
+    stats: EngineStats,
+}
+
+impl EngineCore {
+    pub fn new(scheduler: Scheduler, runner: ModelRunner, eos_ids: Vec<u32>) -> Self {
+        Self {
+            scheduler,
+            runner,
+            eos_ids,
+            active: HashMap::new(),
+            requests: HashMap::new(),
+            next_seq: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The engine loop; returns on `Shutdown` or when every handle is gone.
+    pub fn run(mut self, mut rx: UnboundedReceiver<EngineCommand>) {
+        loop {
+            if !self.scheduler.has_work() {
+                // Idle: sleep until someone asks for something.
+                match rx.blocking_recv() {
+                    Some(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            self.fail_all(|| EngineError::Shutdown);
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            if self.scheduler.has_work() {
+                self.step();
+            }
+        }
+        self.fail_all(|| EngineError::Shutdown);
+    }
+
+    /// Applies one command; false means stop the loop.
+    fn handle(&mut self, cmd: EngineCommand) -> bool {
+        match cmd {
+            EngineCommand::Submit(s) => self.submit(s),
+            EngineCommand::Abort { id, index } => self.abort(id, index),
+            EngineCommand::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            EngineCommand::Shutdown => return false,
+        }
+        true
+    }
+
+    fn snapshot(&self) -> EngineStats {
+        EngineStats { scheduler: self.scheduler.stats(), requests: self.requests.len(), ..self.stats }
+    }
+
+    fn submit(&mut self, s: Submission) {
+        let eos = if s.params.ignore_eos { Vec::new() } else { self.eos_ids.clone() };
+        let mut seqs = Vec::with_capacity(s.params.n);
+        for index in 0..s.params.n {
+            let id = SeqId(self.next_seq);
+            self.next_seq += 1;
+            let spec = NewSeq {
+                id,
+                prompt: s.prompt.clone(),
+                max_tokens: s.params.max_tokens,
+                min_tokens: s.params.min_tokens,
+                eos_ids: eos.clone(),
+                stop_token_ids: s.params.stop_token_ids.clone(),
+                adapter: s.adapter,
+                after: seqs.first().copied(),
+            };
+            if let Err(e) = self.scheduler.add(spec) {
+                for &seq in &seqs {
+                    self.scheduler.abort(seq);
+                    self.active.remove(&seq);
+                }
+                let _ = s.events.send(RequestEvent::Failed(e.into()));
+                return;
+            }
+            let sampler = Sampler::for_sample(s.params.clone(), index);
+            self.active.insert(id, Active { req: s.id, index, sampler, events: s.events.clone() });
+            seqs.push(id);
+        }
+        self.requests.insert(s.id, seqs);
+    }
+
+    fn abort(&mut self, id: RequestId, index: Option<usize>) {
+        let Some(seqs) = self.requests.get(&id) else { return };
+        let doomed: Vec<SeqId> = seqs
+            .iter()
+            .copied()
+            .filter(|s| index.is_none() || self.active.get(s).map(|a| a.index) == index)
+            .collect();
+        for seq in doomed {
+            self.finish_seq(seq);
+        }
+    }
+
+    /// Forgets a sample (its blocks are freed by the scheduler).
+    fn finish_seq(&mut self, seq: SeqId) {
+        self.scheduler.abort(seq);
+        if let Some(a) = self.active.remove(&seq) {
+            if let Some(list) = self.requests.get_mut(&a.req) {
+                list.retain(|&s| s != seq);
+                if list.is_empty() {
+                    self.requests.remove(&a.req);
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> EngineError) {
+        for (_, seqs) in std::mem::take(&mut self.requests) {
+            if let Some(a) = seqs.first().and_then(|s| self.active.get(s)) {
+                let _ = a.events.send(RequestEvent::Failed(err()));
+            }
+            for seq in seqs {
+                self.scheduler.abort(seq);
+                self.active.remove(&seq);
+            }
+        }
+    }
+
+    /// Sends an event; a closed channel means the client is gone, so the sample is dropped.
+    fn emit(&mut self, seq: SeqId, event: impl FnOnce(usize) -> RequestEvent) {
+        let Some(a) = self.active.get(&seq) else { return };
+        if a.events.send(event(a.index)).is_err() {
+            self.finish_seq(seq);
+        }
+    }
+
+    /// One iteration: schedule, one forward pass, sample, update, emit.
+    fn step(&mut self) {
+        let out = self.scheduler.schedule();
+        for &(seq, cached_tokens) in &out.started {
+            self.emit(seq, |index| RequestEvent::Started { index, cached_tokens });
+        }
+        for (seq, finish) in &out.finished {
+            let finish = finish.clone();
+            self.emit(seq.to_owned(), |index| RequestEvent::Finished { index, finish });
+            self.finish_seq(*seq);
+        }
+        if out.seqs.is_empty() {
+            // Nothing could run this step (e.g. only preemptions happened): try again soon
+            // rather than spinning.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            return;
+        }
+        match self.run_and_sample(&out) {
+            Ok(sampled) => self.apply(&out, sampled),
+            Err(e) => {
+                tracing::error!("forward pass failed: {e}");
+                let msg = e.to_string();
+                let reqs: Vec<RequestId> =
+                    out.seqs.iter().filter_map(|s| self.active.get(&s.id).map(|a| a.req)).collect();
+                for req in reqs {
+                    let seqs = self.requests.get(&req).cloned().unwrap_or_default();
+                    if let Some(a) = seqs.first().and_then(|s| self.active.get(s)) {
+                        let _ = a.events.send(RequestEvent::Failed(EngineError::StepFailed(msg.clone())));
+                    }
+                    for seq in seqs {
+                        self.finish_seq(seq);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the model and samples one token per sampling row.
+    fn run_and_sample(&mut self, out: &SchedulerOutput) -> crate::error::Result<Vec<(SeqId, u32, Option<TokenLogprob>)>> {
+        let mut logits = self.runner.execute(out)?;
+        self.stats.steps += 1;
+        self.stats.computed_tokens += out.total_tokens as u64;
+        let mut sampled = Vec::with_capacity(logits.num_rows());
+        let mut row = 0;
+        for s in out.seqs.iter().filter(|s| s.samples) {
+            let (Some(active), Some((prompt, output))) = (self.active.get_mut(&s.id), self.scheduler.tokens(s.id))
+            else {
+                row += 1;
+                continue;
+            };
+            let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
+            let tok = active.sampler.sample(logits.row_mut(row), &ctx);
+            row += 1;
+            let lp = active
+                .sampler
+                .params()
+                .logprobs
+                .is_some()
+                .then(|| TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
+            sampled.push((s.id, tok.id, lp));
+        }
+        Ok(sampled)
+    }
+
+    fn apply(&mut self, out: &SchedulerOutput, sampled: Vec<(SeqId, u32, Option<TokenLogprob>)>) {
+        let ids: Vec<(SeqId, u32)> = sampled.iter().map(|&(s, t, _)| (s, t)).collect();
+        let steps = self.scheduler.update(out, &ids);
+        let mut lps: HashMap<SeqId, TokenLogprob> =
+            sampled.into_iter().filter_map(|(s, _, lp)| lp.map(|lp| (s, lp))).collect();
+        for st in steps {
+            if st.emitted {
+                self.stats.generated_tokens += 1;
+                let logprob = lps.remove(&st.id);
+                self.emit(st.id, |index| RequestEvent::Token { index, token: st.token, logprob });
+            }
+            if let Some(finish) = st.finish {
+                self.emit(st.id, |index| RequestEvent::Finished { index, finish });
+                self.finish_seq(st.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! [`EngineHandle`]: the clonable, async face of the engine thread, and [`EngineConfig`].
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+};
+
+use flint_models::{load, GenerationConfig, KvCache, LoadOptions, ModelConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    core::{EngineCommand, EngineCore, EngineStats, Submission},
+    error::{EngineError, Result},
+    ids::{AdapterId, RequestId},
+    output::OutputStream,
+    runner::ModelRunner,
+    sampling::SamplingParams,
+    scheduler::{Scheduler, SchedulerConfig},
+    tokenizer::Tokenizer,
+};
+
+/// How much memory the KV cache may take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KvCacheBudget {
+    /// A fixed size in bytes (`--kv-cache-memory`).
+    Bytes(u64),
+    /// A fraction of the GPU's memory for weights + cache together, vLLM's
+    /// `--gpu-memory-utilization`; on the CPU it means that fraction of 4 GiB.
+    GpuFraction(f32),
+    /// Exactly this many blocks (tests, benchmarks).
+    Blocks(usize),
+}
+
+/// Everything the engine needs to start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    pub load: LoadOptions,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Prompt + output limit; the model's `max_position_embeddings` when `None`.
+    pub max_model_len: Option<usize>,
+    pub kv_cache: KvCacheBudget,
+    pub prefix_caching: bool,
+}
+
+impl EngineConfig {
+    /// Defaults close to vLLM's for the model in `dir`.
+    pub fn new(model_dir: impl Into<PathBuf>, load: LoadOptions) -> Self {
+        let kv_cache = if load.device.is_cpu() { KvCacheBudget::Bytes(1 << 30) } else { KvCacheBudget::GpuFraction(0.9) };
+        Self {
+            model_dir: model_dir.into(),
+            load,
+            block_size: 16,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            max_model_len: None,
+            kv_cache,
+            prefix_caching: true,
+        }
+    }
+}
+
+/// Facts about the running engine that never change.
+#[derive(Clone, Debug)]
+pub struct EngineInfo {
+    pub model_dir: PathBuf,
+    pub model: ModelConfig,
+    pub generation: GenerationConfig,
+    pub max_model_len: usize,
+    pub block_size: usize,
+    /// Usable KV blocks (the null block excluded).
+    pub num_blocks: usize,
+    pub kv_cache_bytes: u64,
+    pub eos_ids: Vec<u32>,
+}
+
+struct Inner {
+    cmd: mpsc::UnboundedSender<EngineCommand>,
+    tokenizer: Arc<Tokenizer>,
+    info: EngineInfo,
+    next_id: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.cmd.send(EngineCommand::Shutdown);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A cheap, clonable handle to the engine thread; the thread stops when the last one is dropped.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+impl EngineHandle {
+    /// Loads the model on a new engine thread and waits until it is ready; load failures
+    /// (missing files, corrupt weights, no memory for the cache) come back here.
+    pub fn start(cfg: EngineConfig) -> Result<Self> {
+        for (field, v) in
+            [("block_size", cfg.block_size), ("max_num_seqs", cfg.max_num_seqs), ("max_num_batched_tokens", cfg.max_num_batched_tokens)]
+        {
+            if v == 0 {
+                return Err(EngineError::InvalidConfig { field, reason: "must be >= 1".into() });
+            }
+        }
+        let tokenizer = Arc::new(Tokenizer::from_dir(&cfg.model_dir)?);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<EngineInfo>>(1);
+        let thread = std::thread::Builder::new()
+            .name("flint-engine".into())
+            .spawn(move || match build_core(&cfg) {
+                Ok((core, info)) => {
+                    let _ = ready_tx.send(Ok(info));
+                    core.run(cmd_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| EngineError::StepFailed(format!("cannot start the engine thread: {e}")))?;
+        let info = match ready_rx.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(EngineError::StepFailed("the engine thread died while loading".into()));
+            }
+        };
+        let inner = Inner { cmd: cmd_tx, tokenizer, info, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)) };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.inner.info
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.inner.tokenizer
+    }
+
+    /// Queues a request; its output arrives on the returned stream. Requests that could never
+    /// run (too long, ids outside the vocabulary, bad parameters) are refused here.
+    pub fn generate(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<OutputStream> {
+        self.generate_with(prompt, params, None)
+    }
+
+    /// [`Self::generate`] with a LoRA adapter.
+    pub fn generate_with(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        adapter: Option<AdapterId>,
+    ) -> Result<OutputStream> {
+        let info = &self.inner.info;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab_size = info.model.vocab_size;
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(EngineError::TokenOutOfVocab { id, vocab_size });
+        }
+        params.check_vocab(vocab_size)?;
+        if prompt.len() + params.max_tokens > info.max_model_len {
+            return Err(EngineError::ContextTooLong {
+                prompt: prompt.len(),
+                max_tokens: params.max_tokens,
+                context: info.max_model_len,
+            });
+        }
+        let needed = prompt.len().div_ceil(info.block_size);
+        if needed > info.num_blocks {
+            return Err(EngineError::Admit(crate::scheduler::AdmitError::PromptExceedsCache {
+                prompt: prompt.len(),
+                needed,
+                available: info.num_blocks,
+            }));
+        }
+        let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = OutputStream::new(
+            id,
+            rx,
+            self.inner.cmd.clone(),
+            self.inner.tokenizer.clone(),
+            params.n,
+            &params.stop,
+            prompt.len(),
+        );
+        let sub = Submission { id, prompt, params, adapter, events: tx };
+        self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| EngineError::Shutdown)?;
+        Ok(stream)
+    }
+
+    /// Ends a request now (dropping its stream does the same).
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.inner.cmd.send(EngineCommand::Abort { id, index: None });
+    }
+
+    /// Counters and occupancy, read on the engine thread between steps.
+    pub async fn stats(&self) -> Result<EngineStats> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.cmd.send(EngineCommand::Stats(tx)).map_err(|_| EngineError::Shutdown)?;
+        rx.await.map_err(|_| EngineError::Shutdown)
+    }
+}
+
+/// Loads the model, sizes and allocates the KV cache, and builds the engine thread's state.
+fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
+    let loaded = load(&cfg.model_dir, &cfg.load)?;
+    let model_max = loaded.config.max_position_embeddings;
+    let max_model_len = cfg.max_model_len.map_or(model_max, |m| m.min(model_max));
+    let spec = loaded.model.kv_cache_spec();
+    let per_block = spec.bytes_per_block(cfg.block_size) as u64;
+    let budget_blocks = match cfg.kv_cache {
+        KvCacheBudget::Blocks(n) => n,
+        KvCacheBudget::Bytes(b) => (b / per_block) as usize,
+        KvCacheBudget::GpuFraction(f) => {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(EngineError::InvalidConfig { field: "gpu_memory_utilization", reason: format!("{f} must be in (0, 1]") });
+            }
+            (crate::memory::cache_budget_bytes(&loaded.device, f)? / per_block) as usize
+        }
+    };
+    // More blocks than every sequence at full length could use is wasted memory.
+    let useful = cfg.max_num_seqs.saturating_mul(max_model_len.div_ceil(cfg.block_size)).saturating_add(1);
+    let num_blocks = budget_blocks.min(useful);
+    if num_blocks < 2 {
+        return Err(EngineError::InvalidConfig {
+            field: "kv_cache_memory",
+            reason: format!("the budget holds {num_blocks} KV blocks of {per_block} bytes; at least 2 are needed"),
+        });
+    }
+    let kv = KvCache::new(&spec, num_blocks, cfg.block_size, &loaded.device)?;
+    let kv_cache_bytes = per_block * num_blocks as u64;
+    tracing::info!(
+        "KV cache: {} blocks x {} tokens = {} tokens, {:.1} MiB ({:?})",
+        num_blocks - 1,
+        cfg.block_size,
+        (num_blocks - 1) * cfg.block_size,
+        kv_cache_bytes as f64 / (1 << 20) as f64,
+        spec.dtype
+    );
+    let mut eos_ids = loaded.generation.eos_token_id.clone();
+    if eos_ids.is_empty() {
+        eos_ids = loaded.config.eos_token_ids.clone();
+    }
+    let info = EngineInfo {
+        model_dir: cfg.model_dir.clone(),
+        model: loaded.config.clone(),
+        generation: loaded.generation.clone(),
+        max_model_len,
+        block_size: cfg.block_size,
+        num_blocks: num_blocks - 1,
+        kv_cache_bytes,
+        eos_ids: eos_ids.clone(),
+    };
+    let scheduler = Scheduler::new(SchedulerConfig {
+        max_num_seqs: cfg.max_num_seqs,
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        max_model_len,
+        block_size: cfg.block_size,
+        num_blocks,
+        prefix_caching: cfg.prefix_caching,
+    });
+    let runner = ModelRunner::new(loaded.model, kv, loaded.device);
+    Ok((EngineCore::new(scheduler, runner, eos_ids), info))
+}
