@@ -7,7 +7,7 @@ mod common;
 
 use flint_engine::{
     models::{Device, LoadOptions},
-    FinishReason, Generator, GeneratorOptions, SamplingParams, Tokenizer,
+    EngineConfig, EngineHandle, FinishReason, Generator, GeneratorOptions, KvCacheBudget, SamplingParams, Tokenizer,
 };
 use flint_server::chat_template::{ChatMessage, ChatTemplate};
 
@@ -37,6 +37,45 @@ fn greedy_output_matches_transformers() {
         assert_eq!(done.finish_reason, finish, "{label}");
         assert_eq!(streamed, case["output_text"].as_str().unwrap(), "{label}: streamed text");
         assert_eq!(done.text, streamed, "{label}: streamed text equals the decoded output");
+    }
+}
+
+/// 16 concurrent requests through the batched engine (the reference prompts with different
+/// `max_tokens`, so the batch changes shape as they finish) give transformers' greedy tokens,
+/// also when a small KV cache forces preemption and recomputation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_engine_matches_transformers() {
+    let Some(dir) = common::default_model() else { return };
+    let reference = reference();
+    let cases = reference["greedy_cases"].as_array().unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..16 {
+        let case = &cases[i % cases.len()];
+        let prompt = common::ids(&case["prompt_ids"]);
+        let mut want = common::ids(&case["output_ids"]);
+        if case["stopped_on_eos"].as_bool().unwrap() {
+            want.pop();
+        }
+        let max_tokens = 24 - i / cases.len() * 5;
+        want.truncate(max_tokens);
+        jobs.push((prompt, max_tokens, want));
+    }
+    for blocks in [KvCacheBudget::Bytes(256 << 20), KvCacheBudget::Blocks(24)] {
+        let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None });
+        cfg.kv_cache = blocks;
+        let h = EngineHandle::start(cfg).unwrap();
+        let streams: Vec<_> =
+            jobs.iter().map(|(p, m, _)| h.generate(p.clone(), SamplingParams::new(*m).unwrap()).unwrap()).collect();
+        let tasks: Vec<_> = streams.into_iter().map(|s| tokio::spawn(s.collect())).collect();
+        for (i, (t, (_, _, want))) in tasks.into_iter().zip(&jobs).enumerate() {
+            let out = t.await.unwrap().unwrap().remove(0);
+            assert_eq!(&out.token_ids, want, "request {i} with {blocks:?}");
+        }
+        let st = h.stats().await.unwrap();
+        assert!(st.steps < 16 * 24, "requests shared forward passes: {st:?}");
+        if blocks == KvCacheBudget::Blocks(24) {
+            assert!(st.scheduler.preemptions > 0, "{st:?}");
+        }
     }
 }
 

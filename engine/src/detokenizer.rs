@@ -50,33 +50,9 @@ impl Detokenizer {
 mod tests {
     use super::*;
 
-    /// GPT-2's byte → printable-char map, which byte-level BPE vocabularies are written in.
-    fn byte_char(b: u8) -> char {
-        let printable = |x: u8| (33..=126).contains(&x) || (161..=172).contains(&x) || x >= 174;
-        if printable(b) {
-            return b as char;
-        }
-        let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
-        char::from_u32(256 + rank).expect("valid char")
-    }
-
-    /// A byte-level BPE tokenizer with one token per byte (id = byte) and no merges, so every
-    /// multi-byte character spans several tokens.
     fn byte_tokenizer() -> (tempfile::TempDir, Tokenizer) {
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            (0..=255u8).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                      "vocab": vocab, "merges": []}
-        });
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).expect("write tokenizer");
+        crate::tokenizer::testing::write_byte_level_tokenizer(dir.path()).expect("write tokenizer");
         let tok = Tokenizer::from_dir(dir.path()).expect("tokenizer loads");
         (dir, tok)
     }

@@ -11,6 +11,7 @@ use flint_models::{
 use crate::{
     detokenizer::Detokenizer,
     error::{EngineError, Result},
+    scheduler::FinishReason,
     sampling::{SampleContext, Sampler, SamplingParams},
     tokenizer::Tokenizer,
 };
@@ -30,15 +31,6 @@ impl Default for GeneratorOptions {
     fn default() -> Self {
         Self { block_size: 16, prefill_chunk: 512, max_context: None }
     }
-}
-
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token was produced (it is not part of the output).
-    Stop,
-    /// `max_tokens` was reached.
-    Length,
 }
 
 /// The result of one generation.

@@ -1,5 +1,12 @@
 //! flint-engine: from prompts to tokens.
 //!
+//! - [`EngineHandle`]: the clonable async handle of the engine thread ([`core::EngineCore`]),
+//!   which owns the scheduler, KV cache and model; `generate` returns an [`OutputStream`] of
+//!   text deltas (detokenized, stop strings applied, logprobs). [`EngineConfig`] sizes it.
+//! - [`scheduler::Scheduler`]: token-budget continuous batching with chunked prefill and
+//!   preemption; [`kv::KvManager`] / [`kv::BlockPool`]: paged KV blocks and prefix caching.
+//!   Neither touches tensors.
+//! - [`runner::ModelRunner`]: one varlen `Model::forward` per step.
 //! - [`Generator`]: a model + tokenizer + KV cache running one sequence through the paged,
 //!   varlen model path (chunked prefill, then decode). `flint run` and the benches use it.
 //! - [`SamplingParams`] / [`Sampler`]: checked sampling parameters and the token picker.
@@ -25,6 +32,11 @@ pub mod tokenizer;
 pub use detokenizer::Detokenizer;
 pub use error::EngineError;
 pub use flint_models as models;
-pub use generate::{Completion, FinishReason, Generator, GeneratorOptions};
+pub use core::EngineStats;
+pub use generate::{Completion, Generator, GeneratorOptions};
+pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvCacheBudget};
+pub use ids::{AdapterId, RequestId};
+pub use output::{OutputStream, SampleOutput, StreamDelta, TokenLogprob, Usage};
+pub use scheduler::{Finish, FinishReason, StopReason};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

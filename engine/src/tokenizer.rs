@@ -107,3 +107,37 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 }
+
+/// Test support: a tokenizer for the tiny fixture models, which ship without one.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    /// GPT-2's byte → printable-char map, which byte-level BPE vocabularies are written in.
+    fn byte_char(b: u8) -> char {
+        let printable = |x: u8| (33..=126).contains(&x) || (161..=172).contains(&x) || x >= 174;
+        if printable(b) {
+            return b as char;
+        }
+        let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+        char::from_u32(256 + rank).expect("256 + rank < 0xD800 is a valid char")
+    }
+
+    /// Writes `tokenizer.json` for a byte-level BPE with one token per byte (id = byte value) and
+    /// no merges: every multi-byte character spans several tokens, as byte fallback does.
+    pub fn write_byte_level_tokenizer(dir: &Path) -> std::io::Result<()> {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            (0..=255u8).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "vocab": vocab, "merges": []}
+        });
+        std::fs::write(dir.join("tokenizer.json"), json.to_string())
+    }
+}
