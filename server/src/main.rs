@@ -4,7 +4,7 @@ use flint_server::cli::{self, Cli, Command};
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG").unwrap_or_else(|_| "warn,flint_engine=info,flint_server=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -17,7 +17,7 @@ mod sampler;
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, collections::BinaryHeap};
 
 pub use params::{SamplingParams, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_N, MAX_OPENAI_PENALTY, MAX_STOP};
 pub use sampler::{SampleContext, SampledToken, Sampler};
@@ -49,21 +49,15 @@ fn by_value_desc(values: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
 /// only when some value in it beats the best so far.
 pub fn argmax(logits: &[f32]) -> u32 {
     let (mut best, mut best_x) = (0, f32::NEG_INFINITY);
-    let mut scan = |base: usize, xs: &[f32]| {
-        for (j, &x) in xs.iter().enumerate() {
-            if x > best_x {
-                (best, best_x) = (base + j, x);
+    for (c, xs) in logits.chunks(LANES).enumerate() {
+        if xs.iter().fold(false, |hit, &x| hit | (x > best_x)) {
+            for (j, &x) in xs.iter().enumerate() {
+                if x > best_x {
+                    (best, best_x) = (c * LANES + j, x);
+                }
             }
         }
-    };
-    let chunks = logits.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for (c, xs) in chunks.enumerate() {
-        if xs.iter().fold(false, |hit, &x| hit | (x > best_x)) {
-            scan(c * LANES, xs);
-        }
     }
-    scan(logits.len() - tail.len(), tail);
     best as u32
 }
 
@@ -81,17 +75,23 @@ pub(crate) fn row_max(xs: &[f32]) -> f32 {
     acc.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| max(m, x))
 }
 
-/// Σ f(x) in f64 lanes (a 150k-term f32 sum would lose ~1e-3 relative), in a fixed order.
+/// Σ f(x) in a fixed order: f32 lanes over blocks of 256 values (few enough terms per lane
+/// for ~1e-7 relative error), blocks added in f64 (a plain 150k-term f32 sum would lose
+/// ~1e-3). f64 lanes throughout would not vectorize with the exp.
 fn sum_by(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f64::from(f(x));
+    let mut total = 0.0f64;
+    for block in xs.chunks(256) {
+        let mut acc = [0.0f32; LANES];
+        let chunks = block.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += f(x);
+            }
         }
+        total += acc.iter().map(|&a| f64::from(a)).chain(tail.iter().map(|&x| f64::from(f(x)))).sum::<f64>();
     }
-    acc.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(f(x))).sum::<f64>()
+    total
 }
 
 pub(crate) fn sum(xs: &[f32]) -> f64 {
@@ -109,8 +109,9 @@ pub(crate) fn log_sum_exp(xs: &[f32]) -> f32 {
 }
 
 /// `exp(x)` to ~2 ulp (Cephes' `expf` polynomial), branch-free so row loops vectorize; libm's
-/// scalar `expf` is ~10× slower and dominates sampling otherwise. Below -87 (including -inf
-/// and NaN) it returns 0: such weights are < 1e-37 of the row's maximum, which is 1 here.
+/// scalar `expf` is several times slower and dominated sampling. Below -87 (including -inf
+/// and NaN) it returns 0: the callers pass `x - max`, so such weights are < 1e-37 of the
+/// row's maximum. Above 88 it saturates at exp(88) (never reached here).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     // Rounds to nearest by adding 1.5·2²³: the integer then sits in the low mantissa bits.
@@ -122,9 +123,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let two_n = f32::from_bits((t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
     // Cody–Waite: ln 2 = C1 + C2 with C1 short enough that n·C1 is exact.
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
     let y = (p * (r * r) + r + 1.0) * two_n;
     if x >= -87.0 {
@@ -134,38 +133,53 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
-/// The `k` largest values as (id, value) pairs, largest first, lower id first on ties, NaN as
-/// -inf. For the few top logprobs: one pass that only looks inside a chunk when it holds a
-/// value above the current k-th best.
-pub(crate) fn top_few(xs: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+/// A token and its value. Ordered best first (higher value, then lower id), so the greatest
+/// is the worst and a `BinaryHeap` of them keeps the current k-th best on top.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Ranked {
+    pub x: f32,
+    pub id: u32,
+}
+
+impl Eq for Ranked {}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.x.partial_cmp(&self.x).unwrap_or(Ordering::Equal).then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Leaves in `out` the `k` largest values of `xs`, largest first, lower id first on ties, NaN
+/// as -inf (the exact top-k in the order of [`by_value_desc`]). One pass with a size-k heap
+/// whose top is the k-th best so far; a chunk is only looked into when a value in it beats
+/// that, which after the first few chunks is rare.
+pub(crate) fn top_few(xs: &[f32], k: usize, out: &mut Vec<Ranked>) {
     out.clear();
-    if k == 0 {
-        return;
-    }
-    // Ids arrive in increasing order, so a newcomer goes after the equal values already kept.
-    let mut offer = |out: &mut Vec<(u32, f32)>, i: usize, x: f32| {
-        let x = key(x);
-        let pos = out.partition_point(|&(_, y)| y >= x);
-        if pos < k {
-            out.truncate(k - 1);
-            out.insert(pos, (i as u32, x));
-        }
-    };
     let head = k.min(xs.len());
-    for (i, &x) in xs[..head].iter().enumerate() {
-        offer(out, i, x);
-    }
-    let mut thr = out[out.len() - 1].1;
-    for (c, chunk) in xs[head..].chunks(LANES).enumerate() {
-        if chunk.iter().fold(false, |hit, &x| hit | (x > thr)) {
-            for (j, &x) in chunk.iter().enumerate() {
-                if x > thr {
-                    offer(out, head + c * LANES + j, x);
-                    thr = out[k - 1].1;
+    out.extend(xs[..head].iter().enumerate().map(|(i, &x)| Ranked { x: key(x), id: i as u32 }));
+    let mut heap = BinaryHeap::from(std::mem::take(out));
+    if let Some(mut thr) = heap.peek().map(|r| r.x) {
+        for (c, chunk) in xs[head..].chunks(LANES).enumerate() {
+            if chunk.iter().fold(false, |hit, &x| hit | (x > thr)) {
+                for (j, &x) in chunk.iter().enumerate() {
+                    // Strictly better only: an equal value comes with a higher id.
+                    if x > thr {
+                        if let Some(mut worst) = heap.peek_mut() {
+                            *worst = Ranked { x, id: (head + c * LANES + j) as u32 };
+                        }
+                        thr = heap.peek().map_or(x, |r| r.x);
+                    }
                 }
             }
         }
     }
+    *out = heap.into_sorted_vec();
 }
 
 /// What [`cut`] accumulates along the descending order of the weights.
@@ -190,8 +204,10 @@ fn bucket(w: f32) -> usize {
 
 /// The last token of the shortest prefix of the weights `w` (in [0, 1], descending, lower id
 /// first on ties) whose count or mass reaches `target`, as (weight, id); `None` when the
-/// positive weights never reach it (nothing to cut). A histogram pass finds the bucket where
-/// the prefix ends; only that bucket's tokens are sorted. `hist` and `members` are scratch.
+/// positive weights never reach it (nothing to cut). A radix select: a histogram pass over the
+/// row finds the bucket where the prefix ends, two more levels narrow that bucket down by the
+/// next mantissa bits, and only the few tokens left are sorted, so clustered weights cost no
+/// big sort either. `hist` and `members` are scratch.
 pub(crate) fn cut(
     w: &[f32],
     by: CutBy,
@@ -203,21 +219,55 @@ pub(crate) fn cut(
         CutBy::Count => 1.0,
         CutBy::Mass => f64::from(x),
     };
+    // The highest bucket where `above` plus its own amount reaches the target; `above`
+    // accumulates the buckets over it.
+    let crossing = |hist: &[f64], above: &mut f64| {
+        (0..hist.len()).rev().find(|&b| {
+            let reached = *above + hist[b] >= target;
+            if !reached {
+                *above += hist[b];
+            }
+            reached
+        })
+    };
     hist.clear();
     hist.resize(BUCKETS, 0.0);
     for &x in w {
         hist[bucket(x)] += amount(x);
     }
+    hist[0] = 0.0; // zero weights never count, even toward a top-k
     let mut above = 0.0;
-    let b = (1..BUCKETS).rev().find(|&b| {
-        let reached = above + hist[b] >= target;
-        if !reached {
-            above += hist[b];
-        }
-        reached
-    })?;
+    let b = crossing(hist, &mut above).filter(|&b| b > 0)?;
+    // The bucket's weights, as a range of bit patterns (monotone for weights >= 0), so chunks
+    // without any are skipped by a vectorized test.
+    let lo = if b == 1 { 1 } else { ((b + 510) << 20) as u32 };
+    let hi = if b == BUCKETS - 1 { u32::MAX } else { ((b + 511) << 20) as u32 };
+    let inside = |x: f32| (lo..hi).contains(&x.to_bits());
     members.clear();
-    members.extend((0..w.len() as u32).filter(|&i| bucket(w[i as usize]) == b));
+    for (c, chunk) in w.chunks(LANES).enumerate() {
+        if chunk.iter().fold(false, |hit, &x| hit | inside(x)) {
+            let base = (c * LANES) as u32;
+            members.extend((base..).zip(chunk).filter(|&(_, &x)| inside(x)).map(|(i, _)| i));
+        }
+    }
+    // Within a bucket (but the catch-all bucket 1) the next 8 bits are again monotone.
+    let digit = |i: u32, shift: u32| ((w[i as usize].to_bits() >> shift) & 0xFF) as usize;
+    for shift in [12, 4] {
+        if b == 1 || members.len() <= 64 {
+            break;
+        }
+        hist.clear();
+        hist.resize(256, 0.0);
+        for &i in members.iter() {
+            hist[digit(i, shift)] += amount(w[i as usize]);
+        }
+        let before = above;
+        let Some(d) = crossing(hist, &mut above) else {
+            above = before; // rounding: keep the whole bucket
+            break;
+        };
+        members.retain(|&i| digit(i, shift) == d);
+    }
     members.sort_unstable_by(by_value_desc(w));
     let mut cum = above;
     for &i in members.iter() {
@@ -226,15 +276,17 @@ pub(crate) fn cut(
             return Some((w[i as usize], i));
         }
     }
-    // The bucket's total rounded differently from the per-token sum: keep the whole bucket.
+    // Sums in another order rounded differently: keep all of the last bucket.
     members.last().map(|&i| (w[i as usize], i))
 }
 
-/// Zeroes every weight after `last` (weight, id) in the descending order of [`cut`].
+/// Zeroes every weight after `last` (weight, id) in the descending order of [`cut`]: the
+/// smaller ones, and the equal ones with a higher id (two branch-free passes).
 pub(crate) fn zero_after(w: &mut [f32], (wc, ic): (f32, u32)) {
-    for (i, x) in w.iter_mut().enumerate() {
-        if *x < wc || (*x == wc && i > ic as usize) {
-            *x = 0.0;
-        }
+    for x in w.iter_mut() {
+        *x = if *x < wc { 0.0 } else { *x };
+    }
+    for x in w.iter_mut().skip(ic as usize + 1) {
+        *x = if *x == wc { 0.0 } else { *x };
     }
 }

@@ -1,12 +1,16 @@
 //! [`Sampler`]: one request's token picker. Runs once per token per request over a whole
-//! vocabulary row (~50k–150k logits), so every step is a linear pass or a partial selection,
-//! never a full-vocabulary sort, and vocabulary-sized buffers are scratch kept in the sampler.
-
-use std::cmp::Ordering;
+//! vocabulary row (~50k–150k logits), so every step is one of the linear row passes of the
+//! parent module (never a vocabulary sort), and vocabulary-sized buffers are scratch kept in
+//! the sampler rather than allocated per token.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::params::SamplingParams;
+use super::{argmax, cut, exp, log_sum_exp, row_max, sum, top_few, zero_after, CutBy, Ranked, SamplingParams};
+
+/// Largest top-k sampled from a sorted short list of candidates rather than the whole row.
+const FEW: usize = 256;
+/// How many of the best tokens top-p tries before building a histogram of the whole row.
+const NUCLEUS_GUESS: usize = 64;
 
 /// What the sampler may look at besides the logits: the token history (for penalties) and the
 /// model's end-of-sequence ids (for `min_tokens`).
@@ -40,88 +44,25 @@ pub struct Sampler {
     /// Copy of the raw logits when they are needed after being modified in place (logprobs,
     /// and the argmax fallback when processing masked every token).
     raw: Vec<f32>,
-    /// Candidate token ids (sampling) or top-logprob ids.
+    /// Tokens of the histogram bucket a top-k / top-p cut falls in.
     cand: Vec<u32>,
+    /// The cuts' histogram.
+    hist: Vec<f64>,
+    /// Best tokens: top-k candidates, top-p's first guess, top logprobs.
+    top: Vec<Ranked>,
     /// Per-token counters, all zero between calls (penalties mark and unmark what they touch).
     marks: Vec<u32>,
-}
-
-/// NaN ranks as -inf everywhere: a broken logit must never win nor panic a comparison.
-#[inline]
-fn key(x: f32) -> f32 {
-    if x.is_nan() {
-        f32::NEG_INFINITY
-    } else {
-        x
-    }
-}
-
-/// Order of token ids by descending `values`, lower id first on ties: a total order, so
-/// partial selections pick the same set whatever the algorithm does with equal keys.
-fn by_value_desc(values: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
-    move |&a, &b| {
-        let (va, vb) = (key(values[a as usize]), key(values[b as usize]));
-        vb.partial_cmp(&va).unwrap_or(Ordering::Equal).then(a.cmp(&b))
-    }
-}
-
-/// Index of the largest value; the first one on ties (as `torch.argmax`). NaN counts as -inf;
-/// a row with no value above -inf gives 0.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let (mut best, mut best_x) = (0, f32::NEG_INFINITY);
-    for (i, &x) in logits.iter().enumerate() {
-        if x > best_x {
-            (best, best_x) = (i, x);
-        }
-    }
-    best as u32
-}
-
-/// `log Σ exp(x)` over the row, the log-softmax normalizer; accumulated in f64 so a 150k-token
-/// row keeps ~1e-7 relative precision. A row with no finite maximum returns that maximum.
-fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    if !max.is_finite() {
-        return max;
-    }
-    let sum: f64 = logits.iter().filter(|x| !x.is_nan()).map(|&x| f64::from((x - max).exp())).sum();
-    max + sum.ln() as f32
 }
 
 /// `x - lse`, with degenerate rows (NaN logit, no finite maximum) giving -inf rather than NaN,
 /// which JSON cannot carry.
 fn log_prob(x: f32, lse: f32) -> f32 {
-    let lp = key(x) - lse;
+    let lp = x - lse;
     if lp.is_nan() {
         f32::NEG_INFINITY
     } else {
         lp
     }
-}
-
-/// Length of the top-p nucleus of `cand` (weights `w`, unnormalized): the shortest prefix, in
-/// descending weight order, whose mass reaches `target`. Sorts `cand`'s prefix only as far as
-/// needed: select the next chunk, sort it, accumulate, grow the chunk ×4. A peaked distribution
-/// costs one selection and a 64-element sort instead of a full-vocabulary sort.
-fn nucleus_len(cand: &mut [u32], w: &[f32], target: f64) -> usize {
-    let n = cand.len();
-    let cmp = by_value_desc(w);
-    let (mut done, mut chunk, mut cum) = (0, 64, 0.0f64);
-    while done < n {
-        let end = (done + chunk).min(n);
-        if end < n {
-            cand[done..].select_nth_unstable_by(end - done - 1, &cmp);
-        }
-        cand[done..end].sort_unstable_by(&cmp);
-        for (j, &i) in cand[done..end].iter().enumerate() {
-            cum += f64::from(w[i as usize]);
-            if cum >= target {
-                return done + j + 1;
-            }
-        }
-        (done, chunk) = (end, chunk * 4);
-    }
-    n
 }
 
 impl Sampler {
@@ -132,13 +73,14 @@ impl Sampler {
     }
 
     /// The sampler of sample `index` of an `n > 1` request: seeded with `seed + index`
-    /// (wrapping) so parallel samples differ yet the whole request repeats.
+    /// (wrapping) so parallel samples differ yet the whole request repeats; without a seed,
+    /// each sample draws its own from the OS.
     pub fn for_sample(params: SamplingParams, index: usize) -> Self {
         let rng = match params.seed {
             Some(s) => StdRng::seed_from_u64(s.wrapping_add(index as u64)),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng, raw: Vec::new(), cand: Vec::new(), marks: Vec::new() }
+        Self { params, rng, raw: Vec::new(), cand: Vec::new(), hist: Vec::new(), top: Vec::new(), marks: Vec::new() }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -243,77 +185,120 @@ impl Sampler {
     /// Temperature, top-k, top-p, min-p and the draw. `None` (before touching `logits`) when
     /// no token is above -inf.
     fn draw(&mut self, logits: &mut [f32]) -> Option<u32> {
-        let p = &self.params;
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        let max = row_max(logits);
         if max == f32::NEG_INFINITY {
             return None;
         }
         if max == f32::INFINITY {
             return Some(argmax(logits)); // an infinite logit has all the probability
         }
-        // Scaled logits in place, shifted so the maximum is 0: its weight is exactly 1 and
-        // no exp overflows, whatever the temperature.
-        let t = p.temperature;
-        let cand = &mut self.cand;
-        cand.clear();
-        for (i, x) in logits.iter_mut().enumerate() {
-            if *x > f32::NEG_INFINITY {
-                *x = (*x - max) / t;
-                cand.push(i as u32);
-            }
+        match self.params.top_k {
+            Some(k) if k <= FEW => Some(self.draw_few(logits, k, max)),
+            _ => self.draw_dense(logits, max),
         }
-        if let Some(k) = p.top_k.filter(|&k| k < cand.len()) {
-            cand.select_nth_unstable_by(k - 1, by_value_desc(logits));
-            cand.truncate(k);
-        }
-        // Weights in place; `z` normalizes over the top-k set, before min-p, as top-p needs.
-        let mut z = 0.0f64;
-        for &i in cand.iter() {
-            let w = logits[i as usize].exp();
-            logits[i as usize] = w;
-            z += f64::from(w);
-        }
-        // min-p: prob < min_p · max_prob ⇔ w < min_p, as the maximum's weight is 1. Zero
-        // weights (underflow) can never be drawn, so they go too, shortening top-p's sort.
-        // Both cut the bottom of the order, so filtering before top-p changes nothing.
-        cand.retain(|&i| {
-            let w = logits[i as usize];
-            w > 0.0 && w >= p.min_p
-        });
-        if p.top_p < 1.0 {
-            let keep = nucleus_len(cand, logits, z * f64::from(p.top_p));
-            cand.truncate(keep);
-        }
-        let total: f64 = cand.iter().map(|&i| f64::from(logits[i as usize])).sum();
-        let mut r = self.rng.random::<f64>() * total;
-        for &i in cand.iter() {
-            let w = f64::from(logits[i as usize]);
-            if r < w {
-                return Some(i);
-            }
-            r -= w;
-        }
-        cand.last().copied() // rounding left `r` just past the end
     }
 
-    /// The chosen token's raw logprob and the top `k` raw alternatives (partial selection).
-    fn raw_logprobs(&mut self, id: u32, k: usize) -> SampledToken {
-        let raw = &self.raw;
-        let lse = log_sum_exp(raw);
-        let logprob = log_prob(raw[id as usize], lse);
-        let k = k.min(raw.len());
-        let cand = &mut self.cand;
-        cand.clear();
-        if k > 0 {
-            cand.extend(0..raw.len() as u32);
-            let cmp = by_value_desc(raw);
-            if k < cand.len() {
-                cand.select_nth_unstable_by(k - 1, &cmp);
-                cand.truncate(k);
-            }
-            cand.sort_unstable_by(&cmp);
+    /// Small top-k: only the k best tokens get a weight, so the row is read once (by
+    /// [`top_few`]) and everything else works on a sorted list of k tokens.
+    fn draw_few(&mut self, logits: &[f32], k: usize, max: f32) -> u32 {
+        let p = &self.params;
+        let top = &mut self.top;
+        top_few(logits, k, top);
+        // Weights `exp((x - max) / t)`: the best token's is exactly 1, none can overflow.
+        for r in top.iter_mut() {
+            r.x = exp((r.x - max) / p.temperature);
         }
-        let top_logprobs = cand.iter().map(|&i| (i, log_prob(raw[i as usize], lse))).collect();
+        let mut keep = top.iter().position(|r| r.x == 0.0).unwrap_or(top.len());
+        if p.top_p < 1.0 {
+            let target = top.iter().map(|r| f64::from(r.x)).sum::<f64>() * f64::from(p.top_p);
+            let mut cum = 0.0;
+            keep = keep.min(
+                top.iter()
+                    .position(|r| {
+                        cum += f64::from(r.x);
+                        cum >= target
+                    })
+                    .map_or(keep, |i| i + 1),
+            );
+        }
+        // prob < min_p · max_prob ⇔ w < min_p, the maximum's weight being 1.
+        keep = keep.min(top.partition_point(|r| r.x >= p.min_p)).max(1);
+        top.truncate(keep);
+        let mut r = self.rng.random::<f64>() * top.iter().map(|r| f64::from(r.x)).sum::<f64>();
+        for t in top.iter() {
+            if r < f64::from(t.x) {
+                return t.id;
+            }
+            r -= f64::from(t.x);
+        }
+        top[top.len() - 1].id // rounding left `r` just past the end
+    }
+
+    /// Any other truncation, as passes over the whole row: `logits` becomes the weights, each
+    /// filter zeroes the weights it drops, and the draw walks the row in id order.
+    fn draw_dense(&mut self, logits: &mut [f32], max: f32) -> Option<u32> {
+        let p = &self.params;
+        for x in logits.iter_mut() {
+            *x = exp((*x - max) / p.temperature);
+        }
+        if let Some(k) = p.top_k {
+            if let Some(last) = cut(logits, CutBy::Count, k as f64, &mut self.hist, &mut self.cand) {
+                zero_after(logits, last);
+            }
+        }
+        // Top-p's mass is relative to what top-k kept (renormalized), before min-p. The
+        // nucleus is usually a few dozen tokens: try those before the histogram.
+        if p.top_p < 1.0 {
+            let target = sum(logits) * f64::from(p.top_p);
+            top_few(logits, NUCLEUS_GUESS, &mut self.top);
+            let mut cum = 0.0;
+            let last = match self.top.iter().find(|r| {
+                cum += f64::from(r.x);
+                cum >= target
+            }) {
+                Some(r) => Some((r.x, r.id)),
+                None => cut(logits, CutBy::Mass, target, &mut self.hist, &mut self.cand),
+            };
+            if let Some(last) = last {
+                zero_after(logits, last);
+            }
+        }
+        // prob < min_p · max_prob ⇔ w < min_p; it commutes with the cuts above, as all three
+        // drop the bottom of the same order.
+        if p.min_p > 0.0 {
+            for w in logits.iter_mut() {
+                if *w < p.min_p {
+                    *w = 0.0;
+                }
+            }
+        }
+        let mut r = self.rng.random::<f64>() * sum(logits);
+        // Whole chunks are skipped by their sum; zero weights are never picked (r >= 0).
+        const CHUNK: usize = 256;
+        for (c, ws) in logits.chunks(CHUNK).enumerate() {
+            let s = sum(ws);
+            if r >= s {
+                r -= s;
+                continue;
+            }
+            for (j, &w) in ws.iter().enumerate() {
+                let w = f64::from(w);
+                if r < w {
+                    return Some((c * CHUNK + j) as u32);
+                }
+                r -= w;
+            }
+        }
+        // Rounding left `r` just past the end: the last token with a weight.
+        logits.iter().rposition(|&w| w > 0.0).map(|i| i as u32)
+    }
+
+    /// The chosen token's raw logprob and the top `k` raw alternatives.
+    fn raw_logprobs(&mut self, id: u32, k: usize) -> SampledToken {
+        let lse = log_sum_exp(&self.raw);
+        let logprob = log_prob(self.raw[id as usize], lse);
+        top_few(&self.raw, k, &mut self.top);
+        let top_logprobs = self.top.iter().map(|r| (r.id, log_prob(r.x, lse))).collect();
         SampledToken { id, logprob, top_logprobs }
     }
 }

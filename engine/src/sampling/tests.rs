@@ -1,5 +1,7 @@
 use std::collections::BTreeSet;
 
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
 use super::*;
 use crate::error::EngineError;
 
@@ -270,7 +272,7 @@ fn logprobs_are_raw_and_top_alternatives_sorted() {
     let ctx = SampleContext { prompt: &[order[0] as u32], output: &[3], eos_ids: &[] };
     for _ in 0..50 {
         let t = s.sample(&mut logits.clone(), &ctx);
-        assert!((f64::from(t.logprob) - want[t.id as usize]).abs() < 1e-5);
+        assert!((f64::from(t.logprob) - want[t.id as usize]).abs() < 1e-5, "{} vs {}", t.logprob, want[t.id as usize]);
         assert_eq!(t.top_logprobs.len(), 5);
         for (&(id, lp), &expect) in t.top_logprobs.iter().zip(&order) {
             assert_eq!(id as usize, expect);
@@ -313,53 +315,134 @@ fn degenerate_rows_do_not_panic() {
 }
 
 #[test]
-#[ignore]
-fn tmp_perf() {
-    let v = 49152;
-    let logits: Vec<f32> = (0..v).map(|i| ((i as f32 * 0.7361).sin() * 8.0)).collect();
-    let prompt: Vec<u32> = (0..2000).map(|i| (i * 7919 % v) as u32).collect();
-    let output: Vec<u32> = (0..500).map(|i| (i * 104729 % v) as u32).collect();
-    let cases = [
-        ("greedy", greedy()),
-        ("greedy+pen+lp", greedy().with_repetition_penalty(1.1).unwrap().with_frequency_penalty(0.5).unwrap().with_logprobs(Some(5)).unwrap()),
-        ("t=1", seeded(1.0)),
-        ("t=1 top_k50", seeded(1.0).with_top_k(Some(50)).unwrap()),
-        ("t=0.8 top_p0.9", seeded(0.8).with_top_p(0.9).unwrap()),
-        ("t=1 top_p0.95 (flat)", seeded(3.0).with_top_p(0.95).unwrap()),
-        ("t=0.7 k40 p0.9 minp0.05 +pen +lp", seeded(0.7).with_top_k(Some(40)).unwrap().with_top_p(0.9).unwrap().with_min_p(0.05).unwrap().with_repetition_penalty(1.1).unwrap().with_presence_penalty(0.5).unwrap().with_logprobs(Some(5)).unwrap()),
-    ];
-    for (name, p) in cases {
-        let mut s = Sampler::new(p);
-        let ctx = SampleContext { prompt: &prompt, output: &output, eos_ids: &[0] };
-        let mut row = logits.clone();
-        let n = 300;
-        let t0 = std::time::Instant::now();
-        for _ in 0..n {
-            row.copy_from_slice(&logits);
-            std::hint::black_box(s.sample(&mut row, &ctx));
+fn draws_follow_the_distribution() {
+    let probs = [0.5f64, 0.3, 0.15, 0.05];
+    let logits: Vec<f32> = probs.iter().map(|&p| p.ln() as f32).collect();
+    // Temperature 2 flattens to p^(1/2), renormalized.
+    let root: Vec<f64> = probs.iter().map(|p| p.sqrt()).collect();
+    let hot: Vec<f64> = root.iter().map(|r| r / root.iter().sum::<f64>()).collect();
+    // Both the short-list (top-k) and the whole-row paths.
+    for (params, want) in [
+        (seeded(1.0), probs.to_vec()),
+        (seeded(1.0).with_top_k(Some(4)).unwrap(), probs.to_vec()),
+        (seeded(2.0), hot.clone()),
+        (seeded(2.0).with_top_k(Some(10)).unwrap(), hot),
+    ] {
+        let mut s = Sampler::new(params);
+        let mut counts = [0usize; 4];
+        let draws = 20_000;
+        for _ in 0..draws {
+            counts[s.sample(&mut logits.clone(), &SampleContext::default()).id as usize] += 1;
         }
-        println!("{name:40} {:8.1} us/token", t0.elapsed().as_secs_f64() * 1e6 / n as f64);
+        for (c, p) in counts.iter().zip(&want) {
+            // > 4 standard deviations.
+            assert!((*c as f64 / draws as f64 - p).abs() < 0.015, "{counts:?} vs {want:?}");
+        }
     }
 }
 
 #[test]
-#[ignore]
-fn tmp_parts() {
-    let v = 49152;
-    let logits: Vec<f32> = (0..v).map(|i| ((i as f32 * 0.7361).sin() * 8.0)).collect();
-    let n = 300;
-    let time = |name: &str, f: &mut dyn FnMut() -> f32| {
-        let t0 = std::time::Instant::now();
-        let mut acc = 0.0;
-        for _ in 0..n { acc += std::hint::black_box(f()); }
-        println!("{name:30} {:8.1} us  ({acc})", t0.elapsed().as_secs_f64() * 1e6 / n as f64);
-    };
-    let mut row = logits.clone();
-    time("copy", &mut || { row.copy_from_slice(&logits); row[5] });
-    time("argmax", &mut || argmax(std::hint::black_box(&logits)) as f32);
-    time("exp sum f64", &mut || logits.iter().map(|&x| f64::from((x - 8.0).exp())).sum::<f64>() as f32);
-    time("exp sum f32", &mut || logits.iter().map(|&x| (x - 8.0).exp()).sum::<f32>());
-    let mut cand: Vec<u32> = Vec::new();
-    time("push all", &mut || { cand.clear(); for (i, &x) in logits.iter().enumerate() { if x > f32::NEG_INFINITY { cand.push(i as u32) } } cand.len() as f32 });
-    time("select k=50", &mut || { cand.clear(); cand.extend(0..v as u32); cand.select_nth_unstable_by(49, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))); cand[0] as f32 });
+fn large_top_k_takes_the_whole_row_path() {
+    let rising: Vec<f32> = (0..1000).map(|i| i as f32 * 0.01).collect();
+    let k500 = support(seeded(1.0).with_top_k(Some(500)).unwrap(), &rising, 5000);
+    let lowest = *k500.first().unwrap();
+    assert!((500..600).contains(&lowest), "{lowest}");
+    // Ties: the lower ids.
+    let k300 = support(seeded(1.0).with_top_k(Some(300)).unwrap(), &[0.0; 1000], 5000);
+    assert!(k300.iter().all(|&id| id < 300) && k300.len() > 250, "{} tokens", k300.len());
+}
+
+/// A row of values in `0..levels` steps of `step` (so with ties), some NaN when `nan`.
+fn random_row(seed: u64, len: usize, levels: u32, step: f32, nan: bool) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| if nan && rng.random_ratio(1, 20) { f32::NAN } else { rng.random_range(0..levels) as f32 * step })
+        .collect()
+}
+
+/// Ids in the documented order: value descending (NaN as -inf), lower id first.
+fn reference_order(xs: &[f32]) -> Vec<u32> {
+    let k = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let mut ids: Vec<u32> = (0..xs.len() as u32).collect();
+    ids.sort_by(|&a, &b| k(xs[b as usize]).total_cmp(&k(xs[a as usize])).then(a.cmp(&b)));
+    ids
+}
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+        let want = f64::from(x).exp();
+        worst = worst.max(((f64::from(exp(x)) - want) / want).abs());
+    }
+    assert!(worst < 4e-7, "relative error {worst}");
+    assert_eq!(exp(0.0), 1.0);
+    assert_eq!((exp(f32::NEG_INFINITY), exp(f32::NAN), exp(-100.0)), (0.0, 0.0, 0.0));
+}
+
+#[test]
+fn row_primitives_match_their_definitions() {
+    for seed in 0..40 {
+        let len = [0, 1, 5, 16, 17, 100, 1000, 5000][seed as usize % 8];
+        let xs = random_row(seed, len, 50, 0.25, seed % 2 == 0);
+        let order = reference_order(&xs);
+        assert_eq!(argmax(&xs), order.first().map_or(0, |&i| if xs[i as usize].is_nan() { 0 } else { i }));
+        let finite: Vec<f32> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+        let (max, total) = (finite.iter().copied().fold(f32::NEG_INFINITY, f32::max), finite.iter().sum::<f32>());
+        assert_eq!(row_max(&xs), max);
+        assert!((sum(&finite) - f64::from(total)).abs() < 1e-3);
+        let mut top = Vec::new();
+        for k in [0, 1, 3, 20, 64, 2000] {
+            top_few(&xs, k, &mut top);
+            let ids: Vec<u32> = top.iter().map(|r| r.id).collect();
+            assert_eq!(ids, order[..k.min(len)], "seed {seed} k {k}");
+        }
+    }
+}
+
+#[test]
+fn cuts_match_a_full_sort() {
+    let (mut hist, mut members) = (Vec::new(), Vec::new());
+    let rows = (0..30u64).map(|seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let len = [3, 100, 3000][seed as usize % 3];
+        let row: Vec<f32> = match seed % 3 {
+            // Spread weights with ties and zeros.
+            0 => {
+                random_row(seed, len, 40, 0.5, false).iter().map(|&x| if x > 19.0 { 0.0 } else { (-x).exp() }).collect()
+            }
+            // Clustered: one histogram bucket, which the radix levels must split.
+            1 => (0..len).map(|_| 0.5 + rng.random_range(0..500) as f32 * 1e-6).collect(),
+            _ => vec![1.0; len],
+        };
+        (seed, row)
+    });
+    for (seed, w) in rows {
+        let order = reference_order(&w);
+        let positive = w.iter().filter(|&&x| x > 0.0).count();
+        for k in [1, 2, 10, 50, 1500, 5000] {
+            let want = (k <= positive).then(|| order[k - 1]);
+            let got = cut(&w, CutBy::Count, k as f64, &mut hist, &mut members).map(|(_, id)| id);
+            assert_eq!(got, want, "seed {seed} count {k}");
+        }
+        let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+        for frac in [0.1, 0.5, 0.9, 0.999] {
+            let target = total * frac;
+            let mut cum = 0.0;
+            let want = order.iter().find(|&&i| {
+                cum += f64::from(w[i as usize]);
+                cum >= target
+            });
+            let got = cut(&w, CutBy::Mass, target, &mut hist, &mut members).map(|(_, id)| id);
+            assert_eq!(got, want.copied(), "seed {seed} mass {frac}");
+        }
+        // Zeroing after the cut leaves exactly the prefix.
+        if let Some(last) = cut(&w, CutBy::Count, 7.0, &mut hist, &mut members) {
+            let mut z = w.clone();
+            zero_after(&mut z, last);
+            let kept: BTreeSet<u32> = (0..z.len() as u32).filter(|&i| z[i as usize] > 0.0).collect();
+            assert_eq!(kept, order[..7].iter().copied().collect());
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The `flint` command line: `run`, `convert` (and `serve` once the server lands).
 
 pub mod convert;
+pub mod engine_args;
 pub mod run;
 
 use std::path::PathBuf;
