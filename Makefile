@@ -37,7 +37,7 @@ fixtures: model
 	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_fixtures.py --out tests/fixtures
 
 bench: model
-	$(CARGO) bench --bench decode
+	$(CARGO) bench --bench decode --bench engine --bench scheduler
 
 clean-model:
 	rm -rf $(FLINT_HOME)/models/smollm2-135m-instruct

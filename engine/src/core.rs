@@ -264,12 +264,8 @@ impl EngineCore {
             let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
             let tok = active.sampler.sample(logits.row_mut(row), &ctx);
             row += 1;
-            let lp = active
-                .sampler
-                .params()
-                .logprobs
-                .is_some()
-                .then(|| TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
+            let wants_logprobs = active.sampler.params().logprobs.is_some();
+            let lp = wants_logprobs.then_some(TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
             sampled.push((s.id, tok.id, lp));
         }
         Ok(sampled)
