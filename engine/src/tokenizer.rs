@@ -8,6 +8,11 @@ use crate::error::{EngineError, Result};
 /// A loaded tokenizer with the settings generation needs.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token matching off: user text goes through it, so a
+    /// user typing `<|im_end|>` gets those characters, not the control token.
+    literal: tokenizers::Tokenizer,
+    /// Text of every special added token.
+    special_tokens: Vec<String>,
     /// Prepend the BOS token to plain prompts (`add_bos_token` in tokenizer_config.json).
     pub add_bos_token: bool,
     pub bos_token_id: Option<u32>,
@@ -54,6 +59,11 @@ impl Tokenizer {
                 .map_err(|e| EngineError::Tokenizer { path: jinja.clone(), reason: e.to_string() })?;
             chat_template = Some(serde_json::Value::String(text));
         }
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        let mut special_tokens: Vec<String> =
+            inner.get_added_tokens_decoder().values().filter(|t| t.special).map(|t| t.content.clone()).collect();
+        special_tokens.sort();
         let bos_token = token_str(cfg.get("bos_token"));
         let bos_token_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
         Ok(Self {
@@ -63,6 +73,8 @@ impl Tokenizer {
             eos_token: token_str(cfg.get("eos_token")),
             chat_template,
             inner,
+            literal,
+            special_tokens,
             path,
         })
     }
@@ -92,6 +104,31 @@ impl Tokenizer {
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| EngineError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Whether `text` contains the text of a special token.
+    pub fn contains_special_token(&self, text: &str) -> bool {
+        self.special_tokens.iter().any(|t| !t.is_empty() && text.contains(t.as_str()))
+    }
+
+    /// Encodes a prompt made of pieces: trusted pieces (template text) may contain special
+    /// tokens; untrusted ones (user text) are encoded literally, special-token text included.
+    pub fn encode_segments(&self, segments: &[(&str, bool)]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for &(text, trusted) in segments {
+            if text.is_empty() {
+                continue;
+            }
+            let tok = if trusted { &self.inner } else { &self.literal };
+            let enc = tok.encode(text, false).map_err(|e| EngineError::Tokenize(e.to_string()))?;
+            ids.extend_from_slice(enc.get_ids());
+        }
+        Ok(ids)
+    }
+
+    /// Decodes one token for display (logprobs): its text, special tokens included.
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
     }
 
     /// Decodes ids to text, keeping special tokens out.

@@ -10,8 +10,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::main(args),
         Command::Run(args) => cli::run::main(args),
         Command::Convert(args) => cli::convert::main(args),
+        Command::Bench(args) => cli::bench::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
-//! The `flint` command line: `run`, `convert` (and `serve` once the server lands).
+//! The `flint` command line: `serve`, `run`, `convert`, `bench`.
 
+pub mod bench;
 pub mod convert;
 pub mod engine_args;
 pub mod run;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -19,10 +21,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the model over an OpenAI-compatible HTTP API (`/v1/chat/completions`, ...).
+    Serve(serve::ServeArgs),
     /// Generate text for one prompt on the terminal, streamed as it is produced.
     Run(run::RunArgs),
     /// Convert a GGUF file (llama architecture) into a Hugging Face safetensors directory.
     Convert(convert::ConvertArgs),
+    /// Measure an OpenAI-compatible server: TTFT, inter-token latency and tokens/s over a concurrency sweep.
+    Bench(bench::BenchArgs),
 }
 
 /// Where flint keeps its data (`$FLINT_HOME`, default `~/.cache/flint`).

@@ -118,7 +118,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The GPU when built with `cuda` and one is present, else the CPU.
-fn device() -> anyhow::Result<flint_engine::models::Device> {
+pub(crate) fn device() -> anyhow::Result<flint_engine::models::Device> {
     #[cfg(feature = "cuda")]
     {
         if let Ok(d) = flint_engine::models::Device::new_cuda(0) {

@@ -1,0 +1,139 @@
+//! [`ApiError`]: every HTTP error, OpenAI-shaped, and the one mapping from engine errors to
+//! status codes.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use flint_engine::{scheduler::AdmitError, EngineError};
+
+use super::types::{ErrorBody, ErrorDetail};
+
+/// An error response: status, OpenAI `type`, message, and the offending field.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, message: message.into(), param: None, code: None, retry_after: None }
+    }
+
+    /// 400 for a bad field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        e.param = Some(param.into());
+        e
+    }
+
+    /// 400 for a body that is not valid JSON or has the wrong shape.
+    pub fn bad_body(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing or invalid API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        );
+        e.code = Some("invalid_api_key".into());
+        e
+    }
+
+    pub fn model_not_found(name: &str, served: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            format!("the model `{name}` does not exist (served: `{served}`)"),
+        );
+        e.param = Some("model".into());
+        e.code = Some("model_not_found".into());
+        e
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found_error", message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body exceeds {limit} bytes"))
+    }
+
+    pub fn queue_full(limit: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("too many requests in flight (limit {limit}); retry shortly"),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn not_ready() -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the model is still loading");
+        e.retry_after = Some(5);
+        e
+    }
+
+    pub fn shutting_down() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the server is shutting down")
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", message)
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    /// The one mapping from engine errors to HTTP statuses.
+    fn from(e: EngineError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EngineError::InvalidParameter { field, .. } => Self::invalid(field, msg),
+            EngineError::EmptyPrompt => Self::invalid("prompt", msg),
+            EngineError::TokenOutOfVocab { .. } => Self::invalid("prompt", msg),
+            EngineError::ContextTooLong { .. } => Self::invalid("max_tokens", msg),
+            EngineError::Admit(AdmitError::ContextTooLong { .. }) => Self::invalid("max_tokens", msg),
+            EngineError::Admit(AdmitError::PromptExceedsCache { .. }) | EngineError::Admit(AdmitError::EmptyPrompt) => {
+                Self::invalid("prompt", msg)
+            }
+            EngineError::Tokenize(_) => Self::invalid("prompt", msg),
+            EngineError::Shutdown => Self::shutting_down(),
+            EngineError::Model(_)
+            | EngineError::Tokenizer { .. }
+            | EngineError::InvalidConfig { .. }
+            | EngineError::StepFailed(_)
+            | EngineError::Forward(_) => Self::internal(msg),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP server: an axum [`Router`] over an [`AppState`].
+//!
+//! - `openai/`: `/v1/chat/completions`, `/v1/completions` (stream or not), `/v1/models`;
+//! - `ops`: `/health`, `/ready`, `/openapi.json`, `/docs`;
+//! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
+//! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
+//!
+//! Request bodies are parsed once, at the edge, into checked engine types
+//! ([`flint_engine::SamplingParams`], token ids); the engine never sees JSON.
+
+pub mod error;
+pub mod openai;
+pub mod ops;
+pub mod types;
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc, RwLock,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
+    http::{HeaderMap, HeaderValue, Method},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+    Router,
+};
+use flint_engine::EngineHandle;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::chat_template::ChatTemplate;
+
+/// The model being served.
+pub struct Served {
+    pub engine: EngineHandle,
+    /// The name clients use in `model` (`--served-model-name`, default the directory name).
+    pub name: String,
+    pub template: Option<ChatTemplate>,
+    /// Unix time the model finished loading.
+    pub created: i64,
+}
+
+/// Server settings from the command line.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub api_key: Option<String>,
+    /// Requests accepted beyond those the engine runs at once, before 429.
+    pub max_waiting_requests: usize,
+    /// Sequences the engine runs at once (from the engine flags).
+    pub max_num_seqs: usize,
+    pub max_body_bytes: usize,
+    pub cors_origins: Vec<String>,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub config: ServerConfig,
+    model: RwLock<Option<Arc<Served>>>,
+    in_flight: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self { config, model: RwLock::new(None), in_flight: AtomicUsize::new(0), shutting_down: AtomicBool::new(false) })
+    }
+
+    /// Installs the loaded model (the server is ready from now on).
+    pub fn set_model(&self, served: Served) {
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(served));
+    }
+
+    /// The served model, or 503 while loading / shutting down.
+    pub fn model(&self) -> Result<Arc<Served>, ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::shutting_down());
+        }
+        self.model.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(ApiError::not_ready)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes an admission permit (429 when all are taken); released when dropped.
+    pub fn admit(self: &Arc<Self>) -> Result<Permit, ApiError> {
+        let limit = self.config.max_num_seqs + self.config.max_waiting_requests;
+        let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::queue_full(limit));
+        }
+        Ok(Permit(self.clone()))
+    }
+}
+
+/// One admitted request; dropping it (response done or client gone) frees the slot.
+pub struct Permit(Arc<AppState>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A JSON body parsed into `T`, with errors naming the field (`messages[0].content`) and
+/// OpenAI-shaped 400/413 responses instead of axum's plain-text rejections.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = body_limit(&req);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_body(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." || path == "?" {
+                ApiError::bad_body(format!("invalid JSON body: {inner}"))
+            } else {
+                ApiError::invalid(path.clone(), format!("invalid JSON body at `{path}`: {inner}"))
+            }
+        })
+    }
+}
+
+/// The body limit for messages (set on the request by [`router`]).
+fn body_limit(req: &Request) -> usize {
+    req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0)
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// Constant-time equality, so a wrong key's timing says nothing about the right one.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, &x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        let v = v.as_bytes();
+        return v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "));
+    }
+    headers.get("x-api-key").map(HeaderValue::as_bytes)
+}
+
+async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+    let open = matches!(req.uri().path(), "/health" | "/ready") || req.method() == Method::OPTIONS;
+    if let (Some(key), false) = (&state.config.api_key, open) {
+        match presented_key(req.headers()) {
+            Some(k) if same_key(k, key.as_bytes()) => {}
+            _ => return Err(ApiError::unauthorized()),
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// Every route, with auth, body limit and (if configured) CORS.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app = Router::new()
+        .route("/v1/chat/completions", post(openai::chat::handler))
+        .route("/v1/completions", post(openai::completions::handler))
+        .route("/v1/models", get(ops::list_models))
+        .route("/v1/models/{id}", get(ops::get_model))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs", get(ops::docs))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state.clone());
+    if !state.config.cors_origins.is_empty() {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        let origins: Vec<HeaderValue> =
+            state.config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        let any = state.config.cors_origins.iter().any(|o| o == "*");
+        let allow = if any { AllowOrigin::any() } else { AllowOrigin::list(origins) };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers(tower_http::cors::Any),
+        );
+    }
+    app
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_key;
+
+    #[test]
+    fn keys_compare_exactly() {
+        assert!(same_key(b"secret", b"secret"));
+        assert!(!same_key(b"secret", b"secreT"));
+        assert!(!same_key(b"secret", b"secret2"));
+        assert!(!same_key(b"", b"x"));
+        assert!(!same_key(b"x", b""));
+    }
+}

@@ -1,0 +1,220 @@
+//! OpenAI routes: request fields → engine types, and engine output → OpenAI responses
+//! (one JSON body, or SSE chunks ending in `data: [DONE]`).
+
+pub mod chat;
+pub mod completions;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::response::{
+    sse::{Event, KeepAlive, Sse},
+    IntoResponse, Response,
+};
+use flint_engine::{EngineError, OutputStream, SamplingParams, StreamDelta, Tokenizer, Usage as EngineUsage};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+
+use super::{
+    error::ApiError,
+    types::{CompletionLogprobs, PromptTokensDetails, SamplingFields, TopLogprob, Usage},
+    AppState, Permit, Served,
+};
+use crate::api::types::ChatTokenLogprob;
+
+/// Most alternatives per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `prefix-` + 24 random hex digits, like OpenAI's ids.
+pub fn new_id(prefix: &str) -> String {
+    let n: u128 = rand::rng().random();
+    format!("{prefix}-{:024x}", n & ((1u128 << 96) - 1))
+}
+
+/// Checks `model` and takes an admission permit.
+pub fn admit(state: &Arc<AppState>, model: &str) -> Result<(Arc<Served>, Permit), ApiError> {
+    let served = state.model()?;
+    if model != served.name {
+        return Err(ApiError::model_not_found(model, &served.name));
+    }
+    Ok((served, state.admit()?))
+}
+
+fn non_negative(field: &'static str, v: i64) -> Result<usize, ApiError> {
+    usize::try_from(v).map_err(|_| ApiError::invalid(field, format!("`{field}` must be >= 0, got {v}")))
+}
+
+/// The request's sampling fields as checked engine parameters. `max_tokens` defaults to what
+/// is left of the context after the prompt, as in vLLM.
+pub fn sampling_params(
+    f: &SamplingFields,
+    max_tokens: Option<i64>,
+    logprobs: Option<usize>,
+    prompt_len: usize,
+    max_model_len: usize,
+) -> Result<SamplingParams, ApiError> {
+    let max_tokens = match max_tokens {
+        Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be >= 1, got {m}"))),
+        Some(m) => m as usize,
+        None => max_model_len.saturating_sub(prompt_len).max(1),
+    };
+    let mut p = SamplingParams::new(max_tokens)?.with_temperature(f.temperature.unwrap_or(1.0))?;
+    if let Some(v) = f.top_p {
+        p = p.with_top_p(v)?;
+    }
+    if let Some(n) = f.n {
+        p = p.with_n(non_negative("n", n)?)?;
+    }
+    if let Some(k) = f.top_k {
+        // vLLM: -1 (or 0) means no top-k.
+        p = p.with_top_k(if k <= 0 { None } else { Some(k as usize) })?;
+    }
+    if let Some(v) = f.min_p {
+        p = p.with_min_p(v)?;
+    }
+    if let Some(v) = f.repetition_penalty {
+        p = p.with_repetition_penalty(v)?;
+    }
+    if let Some(v) = f.presence_penalty {
+        p = p.with_presence_penalty(v)?;
+    }
+    if let Some(v) = f.frequency_penalty {
+        p = p.with_frequency_penalty(v)?;
+    }
+    if let Some(bias) = &f.logit_bias {
+        let mut list = Vec::with_capacity(bias.len());
+        for (k, &v) in bias {
+            let id: u32 = k
+                .parse()
+                .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys are token ids, got `{k}`")))?;
+            list.push((id, v));
+        }
+        list.sort_by_key(|&(id, _)| id);
+        p = p.with_logit_bias(list)?;
+    }
+    if let Some(m) = f.min_tokens {
+        p = p.with_min_tokens(non_negative("min_tokens", m)?)?;
+    }
+    if let Some(ids) = &f.stop_token_ids {
+        let ids = ids
+            .iter()
+            .map(|&i| u32::try_from(i).map_err(|_| ApiError::invalid("stop_token_ids", format!("bad token id {i}"))))
+            .collect::<Result<_, _>>()?;
+        p = p.with_stop_token_ids(ids);
+    }
+    if let Some(stop) = &f.stop {
+        p = p.with_stop(stop.clone().into_vec())?;
+    }
+    if let Some(seed) = f.seed {
+        p = p.with_seed(Some(seed as u64));
+    }
+    p = p.with_ignore_eos(f.ignore_eos.unwrap_or(false)).with_logprobs(logprobs)?;
+    Ok(p)
+}
+
+/// OpenAI's usage block from the engine's counts.
+pub fn usage(u: EngineUsage) -> Usage {
+    Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: u.cached_tokens }),
+    }
+}
+
+pub fn add_usage(a: &mut EngineUsage, b: EngineUsage) {
+    a.prompt_tokens += b.prompt_tokens;
+    a.cached_tokens += b.cached_tokens;
+    a.completion_tokens += b.completion_tokens;
+}
+
+/// vLLM's `stop_reason`: the matched stop string or token id.
+pub fn stop_reason(d: &StreamDelta) -> Option<serde_json::Value> {
+    use flint_engine::StopReason;
+    match d.finish.as_ref()?.stop.as_ref()? {
+        StopReason::Text(s) => Some(serde_json::Value::String(s.clone())),
+        StopReason::TokenId(t) => Some(serde_json::Value::from(*t)),
+    }
+}
+
+fn top_entries(tok: &Tokenizer, top: &[(u32, f32)]) -> Vec<TopLogprob> {
+    top.iter()
+        .map(|&(id, lp)| {
+            let t = tok.token_text(id);
+            TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
+        })
+        .collect()
+}
+
+/// Chat-format logprobs of a delta's tokens.
+pub fn chat_logprobs(tok: &Tokenizer, d: &StreamDelta) -> Vec<ChatTokenLogprob> {
+    d.logprobs
+        .iter()
+        .map(|lp| {
+            let t = tok.token_text(lp.token);
+            ChatTokenLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp.logprob, top_logprobs: top_entries(tok, &lp.top) }
+        })
+        .collect()
+}
+
+/// Completions-format logprobs of a delta's tokens; `offset` is the text offset of the first.
+pub fn completion_logprobs(tok: &Tokenizer, d: &StreamDelta, offset: &mut usize) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for lp in &d.logprobs {
+        let t = tok.token_text(lp.token);
+        out.text_offset.push(*offset);
+        *offset += t.len();
+        out.tokens.push(t);
+        out.token_logprobs.push(lp.logprob);
+        out.top_logprobs.push(
+            lp.top.iter().map(|&(id, v)| (tok.token_text(id), serde_json::Value::from(v as f64))).collect(),
+        );
+    }
+    out
+}
+
+/// What a forwarding task tells the response writer.
+pub enum Fwd {
+    Delta { prompt: usize, delta: StreamDelta },
+    Done { usage: EngineUsage },
+    Failed(EngineError),
+}
+
+/// Runs several engine requests (one per prompt) and merges their output into one channel.
+/// When the receiver is dropped (client gone), the forwarders drop their streams, which aborts
+/// the requests and frees their KV blocks.
+pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
+    let (tx, rx) = mpsc::channel(64);
+    for (prompt, mut s) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(item) = s.next().await {
+                let msg = match item {
+                    Ok(delta) => Fwd::Delta { prompt, delta },
+                    Err(e) => Fwd::Failed(e),
+                };
+                let failed = matches!(msg, Fwd::Failed(_));
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+            let _ = tx.send(Fwd::Done { usage: s.usage() }).await;
+        });
+    }
+    rx
+}
+
+/// An SSE response from a channel of JSON payloads; the writer task owns `permit`.
+pub fn sse_response(rx: mpsc::Receiver<String>) -> Response {
+    let stream = ReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))).into_response()
+}
+
+/// The error chunk of a stream that fails midway.
+pub fn error_chunk(e: EngineError) -> String {
+    serde_json::to_string(&ApiError::from(e).body()).unwrap_or_default()
+}
