@@ -22,9 +22,11 @@ run: model
 	$(FLINT) run --chat --max-tokens 128 "$(PROMPT)"
 
 # Unit + end-to-end tests on the CPU (the default-model tests are required, not skipped),
-# then a compile of the `cuda` feature with the project's own CUDA toolchain script.
+# the OpenAI-client suite against `flint serve` (own venv), then a compile of the `cuda`
+# feature with the project's own CUDA toolchain script.
 test: model
 	FLINT_REQUIRE_DEFAULT_MODEL=1 $(CARGO) test --release --workspace --all-targets
+	FLINT_BIN=$(FLINT) scripts/pytest.sh
 	scripts/ci-cuda-build.sh
 
 cuda-build:

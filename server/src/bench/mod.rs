@@ -67,7 +67,7 @@ pub struct BenchConfig {
     /// runs are comparable; servers that reject unknown fields need it off.
     pub ignore_eos: bool,
     /// Per request, connection to last byte.
-    #[serde(serialize_with = "secs")]
+    #[serde(rename = "timeout_secs", serialize_with = "secs")]
     pub timeout: Duration,
 }
 
@@ -131,7 +131,8 @@ pub async fn run_level(
     }
     let wall = start.elapsed().as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let itl: Vec<f64> = outcomes.iter().filter(|o| o.error.is_none()).flat_map(|o| o.itl.iter().map(|&d| ms(d))).collect();
+    let itl: Vec<f64> =
+        outcomes.iter().filter(|o| o.error.is_none()).flat_map(|o| o.itl.iter().map(|&d| ms(d))).collect();
     let samples = outcomes
         .into_iter()
         .map(|o| RequestRecord {
@@ -148,22 +149,20 @@ pub async fn run_level(
 /// Common short English words, each one token (with its leading space) in GPT-2-, Llama- and
 /// Qwen-style BPE vocabularies, so `n` words make a prompt of about `n` tokens.
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with",
-    "as", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "hot", "word",
-    "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when", "up", "use",
-    "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if", "will", "way",
-    "about", "many", "then", "them", "write", "would", "like", "so", "these", "her", "long", "make",
-    "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go", "come", "did", "number",
-    "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first", "who",
-    "may", "down", "side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place",
-    "made", "live", "where", "after", "back", "little", "only", "round", "man", "year", "came", "show",
-    "every", "good", "me", "give", "our", "under", "name", "very", "through", "just", "form", "great",
-    "think", "say", "help", "low", "line", "before", "turn", "cause", "same", "mean", "move", "right",
-    "boy", "old", "too", "does", "tell", "set", "three", "want", "air", "well", "also", "play", "small",
-    "end", "put", "home", "read", "hand", "port", "large", "add", "even", "land", "here", "must", "big",
-    "high", "such", "follow", "act", "why", "ask", "men", "change", "went", "light", "kind", "off",
-    "need", "house", "try", "us", "again", "animal", "point", "mother", "world", "near", "build",
-    "self", "earth", "father", "head", "stand", "own", "page", "should", "country", "found", "answer",
+    "the", "of", "and", "to", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with", "as", "his",
+    "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "hot", "word", "but", "what", "some", "we",
+    "can", "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she",
+    "which", "do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like",
+    "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go",
+    "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first",
+    "who", "may", "down", "side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place", "made",
+    "live", "where", "after", "back", "little", "only", "round", "man", "year", "came", "show", "every", "good", "me",
+    "give", "our", "under", "name", "very", "through", "just", "form", "great", "think", "say", "help", "low", "line",
+    "before", "turn", "cause", "same", "mean", "move", "right", "boy", "old", "too", "does", "tell", "set", "three",
+    "want", "air", "well", "also", "play", "small", "end", "put", "home", "read", "hand", "port", "large", "add",
+    "even", "land", "here", "must", "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went",
+    "light", "kind", "off", "need", "house", "try", "us", "again", "animal", "point", "mother", "world", "near",
+    "build", "self", "earth", "father", "head", "stand", "own", "page", "should", "country", "found", "answer",
     "school", "grow", "study", "still", "learn", "plant", "food", "sun", "four", "between", "state",
 ];
 
@@ -191,7 +190,9 @@ pub fn random_prompts(
         .filter(|&id| tok.decode(&[id]).is_ok_and(|s| !s.trim().is_empty() && !s.contains('\u{FFFD}')))
         .collect();
     anyhow::ensure!(!usable.is_empty(), "the tokenizer has no ordinary tokens to build prompts from");
-    let draw = |k: usize, rng: &mut StdRng| -> Vec<u32> { (0..k).map(|_| usable[rng.random_range(0..usable.len())]).collect() };
+    let draw = |k: usize, rng: &mut StdRng| -> Vec<u32> {
+        (0..k).map(|_| usable[rng.random_range(0..usable.len())]).collect()
+    };
     let mut prompts = Vec::with_capacity(n);
     for _ in 0..n {
         let mut ids = draw(input_len, &mut rng);

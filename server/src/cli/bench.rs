@@ -73,18 +73,15 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     );
     // --api-key's own env var wins; OPENAI_API_KEY is what other OpenAI clients read.
     let api_key = args.api_key.clone().or_else(|| std::env::var("OPENAI_API_KEY").ok()).filter(|k| !k.is_empty());
-    let tokenizer = args
-        .tokenizer
-        .as_deref()
-        .map(flint_engine::Tokenizer::from_dir)
-        .transpose()
-        .context("loading --tokenizer")?;
+    let tokenizer =
+        args.tokenizer.as_deref().map(flint_engine::Tokenizer::from_dir).transpose().context("loading --tokenizer")?;
     let total: usize = args.concurrency.iter().map(|&c| args.requests_for(c)).sum();
     let prompts = bench::random_prompts(total, args.input_len, args.seed, tokenizer.as_ref())?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(async {
-        let client = Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
+        let client =
+            Client::builder().connect_timeout(Duration::from_secs(10)).build().context("building the HTTP client")?;
         let model = match &args.model {
             Some(m) => m.clone(),
             None => bench::discover_model(&client, &args.base_url, api_key.as_deref()).await?,
@@ -140,7 +137,12 @@ fn client_url(cfg: &BenchConfig) -> String {
     bench::client::join_url(&cfg.base_url, cfg.endpoint.path())
 }
 
-fn write_json(path: &std::path::Path, args: &BenchArgs, cfg: &BenchConfig, levels: &[LevelReport]) -> anyhow::Result<()> {
+fn write_json(
+    path: &std::path::Path,
+    args: &BenchArgs,
+    cfg: &BenchConfig,
+    levels: &[LevelReport],
+) -> anyhow::Result<()> {
     let mut config = serde_json::to_value(cfg)?;
     config["input_len"] = serde_json::json!(args.input_len);
     config["concurrency"] = serde_json::json!(args.concurrency);
@@ -148,5 +150,6 @@ fn write_json(path: &std::path::Path, args: &BenchArgs, cfg: &BenchConfig, level
     config["seed"] = serde_json::json!(args.seed);
     config["tokenizer"] = serde_json::json!(args.tokenizer.as_ref().map(|p| p.display().to_string()));
     let doc = serde_json::json!({ "config": config, "levels": levels });
-    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -9,25 +9,26 @@ use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget};
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Tokens per KV cache block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "FLINT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
     /// Most sequences running at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "FLINT_MAX_NUM_SEQS", default_value_t = 256)]
     pub max_num_seqs: usize,
-    /// Most tokens (prompt chunks + decodes) in one forward pass.
-    #[arg(long, default_value_t = 2048)]
-    pub max_num_batched_tokens: usize,
+    /// Most tokens (prompt chunks + decodes) in one forward pass (default: 2048 on a GPU,
+    /// 512 on the CPU, where a big step would stall every stream for seconds).
+    #[arg(long, env = "FLINT_MAX_NUM_BATCHED_TOKENS")]
+    pub max_num_batched_tokens: Option<usize>,
     /// Prompt + output limit per request (default: the model's context length).
-    #[arg(long)]
+    #[arg(long, env = "FLINT_MAX_MODEL_LEN")]
     pub max_model_len: Option<usize>,
     /// KV cache size, e.g. `2GiB`, `512MiB`, `1G` or bytes (default on the CPU: 1GiB).
-    #[arg(long, value_parser = parse_size, conflicts_with = "gpu_memory_utilization")]
+    #[arg(long, env = "FLINT_KV_CACHE_MEMORY", value_parser = parse_size, conflicts_with = "gpu_memory_utilization")]
     pub kv_cache_memory: Option<u64>,
     /// Fraction of the GPU's memory for weights + KV cache (default on a GPU: 0.9).
-    #[arg(long)]
+    #[arg(long, env = "FLINT_GPU_MEMORY_UTILIZATION")]
     pub gpu_memory_utilization: Option<f32>,
     /// Do not reuse the KV blocks of identical prompt prefixes across requests.
-    #[arg(long)]
+    #[arg(long, env = "FLINT_NO_ENABLE_PREFIX_CACHING")]
     pub no_enable_prefix_caching: bool,
 }
 
@@ -36,7 +37,9 @@ impl EngineArgs {
         let mut cfg = EngineConfig::new(model_dir, load);
         cfg.block_size = self.block_size;
         cfg.max_num_seqs = self.max_num_seqs;
-        cfg.max_num_batched_tokens = self.max_num_batched_tokens;
+        if let Some(t) = self.max_num_batched_tokens {
+            cfg.max_num_batched_tokens = t;
+        }
         cfg.max_model_len = self.max_model_len;
         cfg.prefix_caching = !self.no_enable_prefix_caching;
         if let Some(b) = self.kv_cache_memory {

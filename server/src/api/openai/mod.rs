@@ -192,7 +192,14 @@ pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
     for (prompt, mut s) in streams.into_iter().enumerate() {
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(item) = s.next().await {
+            loop {
+                // A closed channel (client gone) ends the task at once, even while the request
+                // is still queued and produces nothing: dropping `s` aborts it in the engine.
+                let item = tokio::select! {
+                    item = s.next() => item,
+                    _ = tx.closed() => return,
+                };
+                let Some(item) = item else { break };
                 let msg = match item {
                     Ok(delta) => Fwd::Delta { prompt, delta },
                     Err(e) => Fwd::Failed(e),
