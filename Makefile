@@ -1,5 +1,5 @@
 # flint — the two commands of the README, plus helpers.
-#   make run    set up (release build + default model) and run flint on the default model
+#   make run    set up (release build + default model) and serve it at http://127.0.0.1:8000/v1
 #   make test   set up and run the whole test suite (what CI runs)
 
 SHELL := /bin/bash
@@ -9,7 +9,7 @@ export FLINT_HOME
 PROMPT ?= Write a haiku about a flint stone.
 FLINT := target/release/flint
 
-.PHONY: run test build model cuda-build fixtures bench clean-model
+.PHONY: run chat test build model cuda-build fixtures bench clean-model
 
 build:
 	$(CARGO) build --release -p flint-server --bin flint
@@ -19,6 +19,10 @@ model: build
 	FLINT_BIN=$(FLINT) scripts/default-model.sh
 
 run: model
+	$(FLINT) serve $(ARGS)
+
+# One prompt on the terminal instead of a server.
+chat: model
 	$(FLINT) run --chat --max-tokens 128 "$(PROMPT)"
 
 # Unit + end-to-end tests on the CPU (the default-model tests are required, not skipped),
