@@ -75,6 +75,14 @@ mod tests {
     }
 
     #[test]
+    fn token_bytes_are_the_raw_bytes() {
+        let (_dir, tok) = byte_tokenizer();
+        assert_eq!(tok.token_bytes(0x88), [0x88]);
+        assert_eq!(tok.token_bytes(b' ' as u32), b" ");
+        assert_eq!(tok.token_bytes(b'a' as u32), b"a");
+    }
+
+    #[test]
     fn an_incomplete_tail_is_flushed_at_the_end() {
         let (_dir, tok) = byte_tokenizer();
         let mut d = Detokenizer::new();

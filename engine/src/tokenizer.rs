@@ -131,6 +131,28 @@ impl Tokenizer {
         self.inner.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The raw bytes of one token (OpenAI's logprob `bytes`), which may be part of a UTF-8
+    /// character: byte-level BPE strings are mapped back through GPT-2's byte alphabet,
+    /// SentencePiece byte-fallback tokens `<0xAB>` are that byte, `▁` is a space.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.inner.id_to_token(id) else { return Vec::new() };
+        if self.inner.get_added_vocabulary().is_special_token(&piece) {
+            return piece.into_bytes();
+        }
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return vec![b];
+            }
+        }
+        if matches!(self.inner.get_decoder(), Some(tokenizers::DecoderWrapper::ByteLevel(_))) {
+            let inverse = byte_level_inverse();
+            if let Some(bytes) = piece.chars().map(|c| inverse.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+                return bytes;
+            }
+        }
+        piece.replace('\u{2581}', " ").into_bytes()
+    }
+
     /// Decodes ids to text, keeping special tokens out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| EngineError::Tokenize(e.to_string()))
@@ -145,13 +167,20 @@ impl Tokenizer {
     }
 }
 
+/// GPT-2's printable-char → byte map (the inverse of [`testing::byte_char`]).
+fn byte_level_inverse() -> &'static std::collections::HashMap<char, u8> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| (0..=255u8).map(|b| (testing::byte_char(b), b)).collect())
+}
+
 /// Test support: a tokenizer for the tiny fixture models, which ship without one.
 #[doc(hidden)]
 pub mod testing {
     use std::path::Path;
 
     /// GPT-2's byte → printable-char map, which byte-level BPE vocabularies are written in.
-    fn byte_char(b: u8) -> char {
+    /// (Used outside tests too, for logprob bytes.)
+    pub(crate) fn byte_char(b: u8) -> char {
         let printable = |x: u8| (33..=126).contains(&x) || (161..=172).contains(&x) || x >= 174;
         if printable(b) {
             return b as char;

@@ -123,10 +123,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_body(format!("cannot read the request body: {e}"))
             }
         })?;
+        // Serde would also read a struct from a JSON array; OpenAI bodies are objects.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{') {
+            return Err(ApiError::bad_body("the request body must be a JSON object"));
+        }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
+            let msg = inner.to_string();
+            // A missing field is reported at the parent's path; name the field itself.
+            if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                let param = if path.is_empty() || path == "." { field.to_string() } else { format!("{path}.{field}") };
+                return ApiError::invalid(param.clone(), format!("`{param}` is required"));
+            }
             if path.is_empty() || path == "." || path == "?" {
                 ApiError::bad_body(format!("invalid JSON body: {inner}"))
             } else {
@@ -154,11 +165,12 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();
-        return v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "));
-    }
-    headers.get("x-api-key").map(HeaderValue::as_bytes)
+        v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))
+    });
+    // X-API-Key counts even when a proxy added some other Authorization scheme.
+    bearer.or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
 }
 
 async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {

@@ -144,8 +144,7 @@ pub fn stop_reason(d: &StreamDelta) -> Option<serde_json::Value> {
 fn top_entries(tok: &Tokenizer, top: &[(u32, f32)]) -> Vec<TopLogprob> {
     top.iter()
         .map(|&(id, lp)| {
-            let t = tok.token_text(id);
-            TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
+            TopLogprob { bytes: tok.token_bytes(id), token: tok.token_text(id), logprob: lp }
         })
         .collect()
 }
@@ -155,25 +154,34 @@ pub fn chat_logprobs(tok: &Tokenizer, d: &StreamDelta) -> Vec<ChatTokenLogprob> 
     d.logprobs
         .iter()
         .map(|lp| {
-            let t = tok.token_text(lp.token);
-            ChatTokenLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp.logprob, top_logprobs: top_entries(tok, &lp.top) }
+            ChatTokenLogprob {
+                bytes: tok.token_bytes(lp.token),
+                token: tok.token_text(lp.token),
+                logprob: lp.logprob,
+                top_logprobs: top_entries(tok, &lp.top),
+            }
         })
         .collect()
 }
 
-/// Completions-format logprobs of a delta's tokens; `offset` is the text offset of the first.
+/// Completions-format logprobs of a delta's tokens. `offset` is the output text's length in
+/// characters before this delta; it is advanced by the delta's text, so offsets stay in step
+/// with the text even when a character spans tokens.
 pub fn completion_logprobs(tok: &Tokenizer, d: &StreamDelta, offset: &mut usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
+    let delta_chars = d.text.chars().count();
+    let mut within = 0;
     for lp in &d.logprobs {
         let t = tok.token_text(lp.token);
-        out.text_offset.push(*offset);
-        *offset += t.len();
+        out.text_offset.push(*offset + within.min(delta_chars));
+        within += t.chars().filter(|&c| c != '\u{FFFD}').count();
         out.tokens.push(t);
         out.token_logprobs.push(lp.logprob);
         out.top_logprobs.push(
             lp.top.iter().map(|&(id, v)| (tok.token_text(id), serde_json::Value::from(v as f64))).collect(),
         );
     }
+    *offset += delta_chars;
     out
 }
 
