@@ -9,7 +9,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use flint_models::{load, GenerationConfig, KvCache, LoadOptions, ModelConfig};
+use flint_models::{load, load_dummy, GenerationConfig, KvCache, LoadOptions, ModelConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     pub kv_cache: KvCacheBudget,
     pub prefix_caching: bool,
+    /// Random weights made on the device instead of reading weight files (`--load-format
+    /// dummy`): benchmarks at real sizes from a config.json alone.
+    pub dummy_weights: bool,
 }
 
 impl EngineConfig {
@@ -65,6 +68,7 @@ impl EngineConfig {
             max_model_len: None,
             kv_cache,
             prefix_caching: true,
+            dummy_weights: false,
         }
     }
 }
@@ -117,7 +121,13 @@ impl EngineHandle {
                 return Err(EngineError::InvalidConfig { field, reason: "must be >= 1".into() });
             }
         }
-        let tokenizer = Arc::new(Tokenizer::from_dir(&cfg.model_dir)?);
+        let has_tokenizer = cfg.model_dir.join("tokenizer.json").is_file();
+        let tokenizer = Arc::new(if cfg.dummy_weights && !has_tokenizer {
+            // Throughput runs at real sizes need only config.json; prompts come as token ids.
+            Tokenizer::byte_level()?
+        } else {
+            Tokenizer::from_dir(&cfg.model_dir)?
+        });
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<EngineInfo>>(1);
         let thread = std::thread::Builder::new()
@@ -223,7 +233,8 @@ impl EngineHandle {
 
 /// Loads the model, sizes and allocates the KV cache, and builds the engine thread's state.
 fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
-    let loaded = load(&cfg.model_dir, &cfg.load)?;
+    let loaded =
+        if cfg.dummy_weights { load_dummy(&cfg.model_dir, &cfg.load)? } else { load(&cfg.model_dir, &cfg.load)? };
     let model_max = loaded.config.max_position_embeddings;
     let max_model_len = cfg.max_model_len.map_or(model_max, |m| m.min(model_max));
     let spec = loaded.model.kv_cache_spec();

@@ -59,6 +59,26 @@ impl Tokenizer {
                 .map_err(|e| EngineError::Tokenizer { path: jinja.clone(), reason: e.to_string() })?;
             chat_template = Some(serde_json::Value::String(text));
         }
+        Ok(Self::from_parts(inner, &cfg, chat_template, path))
+    }
+
+    /// A byte-level tokenizer with one token per byte (ids 0..=255), for models that ship no
+    /// tokenizer (`--load-format dummy` benchmarks, which send token ids).
+    pub fn byte_level() -> Result<Self> {
+        let path = PathBuf::from("<built-in byte-level tokenizer>");
+        let inner: tokenizers::Tokenizer = testing::byte_level_json()
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| EngineError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        Ok(Self::from_parts(inner, &serde_json::Value::Null, None, path))
+    }
+
+    fn from_parts(
+        inner: tokenizers::Tokenizer,
+        cfg: &serde_json::Value,
+        chat_template: Option<serde_json::Value>,
+        path: PathBuf,
+    ) -> Self {
         let mut literal = inner.clone();
         literal.set_encode_special_tokens(true);
         let mut special_tokens: Vec<String> =
@@ -66,7 +86,7 @@ impl Tokenizer {
         special_tokens.sort();
         let bos_token = token_str(cfg.get("bos_token"));
         let bos_token_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
-        Ok(Self {
+        Self {
             add_bos_token: cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
             bos_token_id,
             bos_token,
@@ -76,7 +96,7 @@ impl Tokenizer {
             literal,
             special_tokens,
             path,
-        })
+        }
     }
 
     /// The tokenizer_config.json-style JSON the server's chat template reads.
@@ -192,9 +212,14 @@ pub mod testing {
     /// Writes `tokenizer.json` for a byte-level BPE with one token per byte (id = byte value) and
     /// no merges: every multi-byte character spans several tokens, as byte fallback does.
     pub fn write_byte_level_tokenizer(dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join("tokenizer.json"), byte_level_json().to_string())
+    }
+
+    /// The tokenizer.json of [`write_byte_level_tokenizer`].
+    pub fn byte_level_json() -> serde_json::Value {
         let vocab: serde_json::Map<String, serde_json::Value> =
             (0..=255u8).map(|b| (byte_char(b).to_string(), serde_json::json!(b))).collect();
-        let json = serde_json::json!({
+        serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": null,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
@@ -203,7 +228,6 @@ pub mod testing {
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "vocab": vocab, "merges": []}
-        });
-        std::fs::write(dir.join("tokenizer.json"), json.to_string())
+        })
     }
 }

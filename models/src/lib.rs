@@ -6,6 +6,8 @@
 //! - [`ModelConfig`]: config.json parsed and checked once.
 //! - [`load`] / [`LoadedModel`]: a Hugging Face directory (config.json, generation_config.json,
 //!   model.safetensors or sharded) to a ready model, on the CPU or a GPU, in f32/bf16/f16.
+//! - [`load_dummy`]: the same models with random weights made on the device (`--load-format
+//!   dummy`), for benchmarks at real sizes without weight files.
 //! - `arch/`: one file per architecture (Llama/Mistral/SmolLM2, Qwen2, Qwen3), built from the
 //!   shared layers in `layers/` and shaped like the HF checkpoint.
 //! - [`gguf`]: GGUF → Hugging Face directory converter; [`source`]: model references (local
@@ -14,6 +16,7 @@
 pub mod arch;
 pub mod batch;
 pub mod config;
+pub mod dummy;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
@@ -24,6 +27,7 @@ pub mod source;
 pub use batch::{ForwardBatch, LogitsRows, SeqInput};
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
+pub use dummy::load_dummy;
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvCacheSpec};
 pub use loader::{load, parse_dtype, GenerationConfig, LoadOptions, LoadedModel};

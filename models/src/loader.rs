@@ -107,7 +107,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_owned(), source })
 }
 
-fn read_generation_config(dir: &Path) -> Result<GenerationConfig> {
+pub(crate) fn read_generation_config(dir: &Path) -> Result<GenerationConfig> {
     let path = dir.join("generation_config.json");
     if path.exists() {
         read_json(&path)

@@ -6,6 +6,13 @@ use std::path::Path;
 use clap::Args;
 use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget};
 
+/// Where the weights come from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFormat {
+    Auto,
+    Dummy,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Tokens per KV cache block.
@@ -27,6 +34,10 @@ pub struct EngineArgs {
     /// Fraction of the GPU's memory for weights + KV cache (default on a GPU: 0.9).
     #[arg(long, env = "FLINT_GPU_MEMORY_UTILIZATION")]
     pub gpu_memory_utilization: Option<f32>,
+    /// `auto` reads the safetensors weights; `dummy` makes random weights on the device from
+    /// config.json alone (benchmarks at real sizes, as vLLM's `--load-format dummy`).
+    #[arg(long, env = "FLINT_LOAD_FORMAT", value_enum, default_value_t = LoadFormat::Auto)]
+    pub load_format: LoadFormat,
     /// Do not reuse the KV blocks of identical prompt prefixes across requests.
     #[arg(long, env = "FLINT_NO_ENABLE_PREFIX_CACHING")]
     pub no_enable_prefix_caching: bool,
@@ -42,6 +53,7 @@ impl EngineArgs {
         }
         cfg.max_model_len = self.max_model_len;
         cfg.prefix_caching = !self.no_enable_prefix_caching;
+        cfg.dummy_weights = self.load_format == LoadFormat::Dummy;
         if let Some(b) = self.kv_cache_memory {
             cfg.kv_cache = KvCacheBudget::Bytes(b);
         } else if let Some(f) = self.gpu_memory_utilization {
