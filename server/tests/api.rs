@@ -210,6 +210,17 @@ async fn completions_stream_and_logprobs() {
         assert!((1..=3).contains(&top.len()), "{top:?}");
         assert!(top.values().all(|v| v.as_f64().unwrap() <= 0.0));
     }
+    // vLLM's return_tokens_as_token_ids: every alternative keeps its own key.
+    let body = post_completion(&s.app, json!({"logprobs": 3, "max_tokens": 4, "return_tokens_as_token_ids": true}))
+        .await
+        .ok();
+    let lp = &body["choices"][0]["logprobs"];
+    for (tok, top) in lp["tokens"].as_array().unwrap().iter().zip(lp["top_logprobs"].as_array().unwrap()) {
+        let id: u32 = tok.as_str().unwrap().strip_prefix("token_id:").unwrap().parse().unwrap();
+        assert!(id < 256);
+        assert_eq!(top.as_object().unwrap().len(), 3, "{top}");
+        assert!(top.as_object().unwrap().contains_key(tok.as_str().unwrap()), "greedy picks the top token");
+    }
     let chunks = post_completion(&s.app, json!({"logprobs": 0, "max_tokens": 8, "stream": true})).await.chunks();
     let n: usize = chunks.iter().map(|c| c["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len()).sum();
     assert_eq!(n, 8);

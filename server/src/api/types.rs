@@ -54,6 +54,9 @@ macro_rules! with_sampling_fields {
             pub ignore_eos: Option<bool>,
             pub min_tokens: Option<i64>,
             pub stop_token_ids: Option<Vec<i64>>,
+            /// vLLM's extension: name logprob tokens `token_id:N` instead of their text.
+            #[serde(default)]
+            pub return_tokens_as_token_ids: bool,
         }
 
         impl $name {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{
     admit, add_usage, chat_logprobs, error_chunk, forward_all, new_id, now, sampling_params, sse_response, stop_reason,
-    usage, Fwd, MAX_TOP_LOGPROBS,
+    usage, Fwd, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::{
     api::{
@@ -95,6 +95,7 @@ pub async fn handler(
         .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
     let msgs = messages(&req)?;
     let tok = served.engine.tokenizer().clone();
+    let as_ids = req.return_tokens_as_token_ids;
     let ids = prompt_ids(&tok, template, &msgs)?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (true, None) => Some(0),
@@ -117,6 +118,7 @@ pub async fn handler(
     let mut rx = forward_all(vec![stream]);
 
     if !req.stream {
+        let names = TokenNames { tok: &tok, as_ids };
         let mut choices: Vec<ChatChoice> = (0..n)
             .map(|index| ChatChoice {
                 index,
@@ -133,7 +135,7 @@ pub async fn handler(
                     let c = &mut choices[delta.index];
                     c.message.content.push_str(&delta.text);
                     if let Some(lp) = c.logprobs.as_mut() {
-                        lp.content.extend(chat_logprobs(&tok, &delta));
+                        lp.content.extend(chat_logprobs(&names, &delta));
                     }
                     if let Some(f) = &delta.finish {
                         c.finish_reason = Some(f.reason.as_str());
@@ -161,6 +163,7 @@ pub async fn handler(
     let (tx, out) = mpsc::channel::<String>(64);
     tokio::spawn(async move {
         let _permit = permit;
+        let names = TokenNames { tok: &tok, as_ids };
         let chunk = |choices: Vec<ChatChunkChoice>, usage| {
             let c = ChatCompletionChunk {
                 id: id.clone(),
@@ -187,7 +190,7 @@ pub async fn handler(
                 Fwd::Delta { delta, .. } => {
                     let choice = ChatChunkChoice {
                         index: delta.index,
-                        logprobs: logprobs.map(|_| ChatLogprobs { content: chat_logprobs(&tok, &delta) }),
+                        logprobs: logprobs.map(|_| ChatLogprobs { content: chat_logprobs(&names, &delta) }),
                         finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
                         stop_reason: stop_reason(&delta),
                         delta: ChatDelta { role: None, content: (!delta.text.is_empty()).then_some(delta.text) },

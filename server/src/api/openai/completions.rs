@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{
     add_usage, admit, completion_logprobs, error_chunk, forward_all, new_id, now, sampling_params, sse_response,
-    stop_reason, usage, Fwd, MAX_TOP_LOGPROBS,
+    stop_reason, usage, Fwd, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::api::{
     error::ApiError,
@@ -49,6 +49,7 @@ pub async fn handler(
 ) -> Result<Response, ApiError> {
     let (served, permit) = admit(&state, &req.model)?;
     let tok = served.engine.tokenizer().clone();
+    let as_ids = req.return_tokens_as_token_ids;
     let prompt_ids = prompts(&tok, &req.prompt)?;
     let logprobs = match req.logprobs {
         None => None,
@@ -85,6 +86,7 @@ pub async fn handler(
     };
 
     if !req.stream {
+        let names = TokenNames { tok: &tok, as_ids };
         let mut choices: Vec<CompletionChoice> = (0..num_choices)
             .map(|index| CompletionChoice {
                 index,
@@ -103,7 +105,7 @@ pub async fn handler(
                     c.text.push_str(&take_echo(i, prompt));
                     c.text.push_str(&delta.text);
                     if let Some(lp) = c.logprobs.as_mut() {
-                        let more = completion_logprobs(&tok, &delta, &mut offsets[i]);
+                        let more = completion_logprobs(&names, &delta, &mut offsets[i]);
                         lp.tokens.extend(more.tokens);
                         lp.token_logprobs.extend(more.token_logprobs);
                         lp.top_logprobs.extend(more.top_logprobs);
@@ -135,6 +137,7 @@ pub async fn handler(
     let (tx, out) = mpsc::channel::<String>(64);
     tokio::spawn(async move {
         let _permit = permit;
+        let names = TokenNames { tok: &tok, as_ids };
         let chunk = |choices: Vec<CompletionChoice>, usage| {
             let c = Completion {
                 id: id.clone(),
@@ -157,7 +160,7 @@ pub async fn handler(
                     let choice = CompletionChoice {
                         index: i,
                         text,
-                        logprobs: logprobs.map(|_| completion_logprobs(&tok, &delta, &mut offsets[i])),
+                        logprobs: logprobs.map(|_| completion_logprobs(&names, &delta, &mut offsets[i])),
                         finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
                         stop_reason: stop_reason(&delta),
                     };

@@ -141,24 +141,41 @@ pub fn stop_reason(d: &StreamDelta) -> Option<serde_json::Value> {
     }
 }
 
-fn top_entries(tok: &Tokenizer, top: &[(u32, f32)]) -> Vec<TopLogprob> {
+/// How tokens are named in logprobs: their text, or `token_id:N` (vLLM's
+/// `return_tokens_as_token_ids`, for clients that compare token ids exactly).
+pub struct TokenNames<'a> {
+    pub tok: &'a Tokenizer,
+    pub as_ids: bool,
+}
+
+impl TokenNames<'_> {
+    pub fn name(&self, id: u32) -> String {
+        if self.as_ids {
+            format!("token_id:{id}")
+        } else {
+            self.tok.token_text(id)
+        }
+    }
+}
+
+fn top_entries(names: &TokenNames, top: &[(u32, f32)]) -> Vec<TopLogprob> {
     top.iter()
         .map(|&(id, lp)| {
-            TopLogprob { bytes: tok.token_bytes(id), token: tok.token_text(id), logprob: lp }
+            TopLogprob { bytes: names.tok.token_bytes(id), token: names.name(id), logprob: lp }
         })
         .collect()
 }
 
 /// Chat-format logprobs of a delta's tokens.
-pub fn chat_logprobs(tok: &Tokenizer, d: &StreamDelta) -> Vec<ChatTokenLogprob> {
+pub fn chat_logprobs(names: &TokenNames, d: &StreamDelta) -> Vec<ChatTokenLogprob> {
     d.logprobs
         .iter()
         .map(|lp| {
             ChatTokenLogprob {
-                bytes: tok.token_bytes(lp.token),
-                token: tok.token_text(lp.token),
+                bytes: names.tok.token_bytes(lp.token),
+                token: names.name(lp.token),
                 logprob: lp.logprob,
-                top_logprobs: top_entries(tok, &lp.top),
+                top_logprobs: top_entries(names, &lp.top),
             }
         })
         .collect()
@@ -167,18 +184,18 @@ pub fn chat_logprobs(tok: &Tokenizer, d: &StreamDelta) -> Vec<ChatTokenLogprob> 
 /// Completions-format logprobs of a delta's tokens. `offset` is the output text's length in
 /// characters before this delta; it is advanced by the delta's text, so offsets stay in step
 /// with the text even when a character spans tokens.
-pub fn completion_logprobs(tok: &Tokenizer, d: &StreamDelta, offset: &mut usize) -> CompletionLogprobs {
+pub fn completion_logprobs(names: &TokenNames, d: &StreamDelta, offset: &mut usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let delta_chars = d.text.chars().count();
     let mut within = 0;
     for lp in &d.logprobs {
-        let t = tok.token_text(lp.token);
+        let t = names.tok.token_text(lp.token);
         out.text_offset.push(*offset + within.min(delta_chars));
         within += t.chars().filter(|&c| c != '\u{FFFD}').count();
-        out.tokens.push(t);
+        out.tokens.push(if names.as_ids { names.name(lp.token) } else { t });
         out.token_logprobs.push(lp.logprob);
         out.top_logprobs.push(
-            lp.top.iter().map(|&(id, v)| (tok.token_text(id), serde_json::Value::from(v as f64))).collect(),
+            lp.top.iter().map(|&(id, v)| (names.name(id), serde_json::Value::from(v as f64))).collect(),
         );
     }
     *offset += delta_chars;
