@@ -5,24 +5,14 @@
 //! "elements/s": prefill = prompt tokens per second for one 128-token prompt; decode = one
 //! token per step at a 128-token context (the steady state of `flint run`).
 
-use std::path::PathBuf;
+mod common;
 
+use common::model_dir;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flint_models::{load, Device, ForwardBatch, KvCache, LoadOptions, LogitsRows, SeqInput};
 
 const BLOCK: usize = 16;
 const PROMPT: usize = 128;
-
-fn model_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("FLINT_BENCH_MODEL") {
-        return Some(PathBuf::from(d));
-    }
-    let home = std::env::var_os("FLINT_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("flint")
-    });
-    let dir = home.join("models").join("smollm2-135m-instruct");
-    dir.join("config.json").is_file().then_some(dir)
-}
 
 fn bench(c: &mut Criterion) {
     let Some(dir) = model_dir() else {

@@ -7,8 +7,9 @@
 //! criterion's "elements/s" is output tokens per second over the whole batch, prompts included
 //! in the time. Prefix caching is off so every iteration computes its prompts.
 
-use std::path::PathBuf;
+mod common;
 
+use common::model_dir;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flint_engine::{
     models::{Device, LoadOptions},
@@ -17,17 +18,6 @@ use flint_engine::{
 
 const PROMPT: usize = 32;
 const OUTPUT: usize = 32;
-
-fn model_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("FLINT_BENCH_MODEL") {
-        return Some(PathBuf::from(d));
-    }
-    let home = std::env::var_os("FLINT_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("flint")
-    });
-    let dir = home.join("models").join("smollm2-135m-instruct");
-    dir.join("config.json").is_file().then_some(dir)
-}
 
 fn bench(c: &mut Criterion) {
     let Some(dir) = model_dir() else {

@@ -113,8 +113,8 @@ fn build_ptx() -> Result<(), String> {
             .to_str()
             .ok_or_else(|| format!("non-UTF-8 path {}", ptx.display()))?;
         writeln!(rs, "/// PTX of `kernels/cuda/{stem}.cu`.\npub const {name}: &str = include_str!({path:?});")
-            .unwrap();
-        writeln!(all, "    ({stem:?}, {name}),").unwrap();
+            .expect("writing to a String cannot fail");
+        writeln!(all, "    ({stem:?}, {name}),").expect("writing to a String cannot fail");
     }
     if !errors.is_empty() {
         return Err(errors.join("\n"));

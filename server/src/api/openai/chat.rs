@@ -7,12 +7,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use flint_engine::{Tokenizer, Usage as EngineUsage};
+use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::{
-    admit, add_usage, chat_logprobs, error_chunk, forward_all, new_id, now, sampling_params, sse_response, stop_reason,
-    usage, Fwd, TokenNames, MAX_TOP_LOGPROBS,
+    admit, chat_logprobs, collect_deltas, forward_all, new_id, now, sampling_params, sse_response, stop_reason, usage,
+    write_chunks, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::{
     api::{
@@ -115,7 +115,7 @@ pub async fn handler(
     let stream = served.engine.generate(ids, params)?;
     let id = new_id("chatcmpl");
     let (created, model) = (now(), served.name.clone());
-    let mut rx = forward_all(vec![stream]);
+    let rx = forward_all(vec![stream]);
 
     if !req.stream {
         let names = TokenNames { tok: &tok, as_ids };
@@ -128,24 +128,18 @@ pub async fn handler(
                 stop_reason: None,
             })
             .collect();
-        let mut total = EngineUsage::default();
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Fwd::Delta { delta, .. } => {
-                    let c = &mut choices[delta.index];
-                    c.message.content.push_str(&delta.text);
-                    if let Some(lp) = c.logprobs.as_mut() {
-                        lp.content.extend(chat_logprobs(&names, &delta));
-                    }
-                    if let Some(f) = &delta.finish {
-                        c.finish_reason = Some(f.reason.as_str());
-                        c.stop_reason = stop_reason(&delta);
-                    }
-                }
-                Fwd::Done { usage } => add_usage(&mut total, usage),
-                Fwd::Failed(e) => return Err(e.into()),
+        let total = collect_deltas(rx, |_, delta| {
+            let c = &mut choices[delta.index];
+            c.message.content.push_str(&delta.text);
+            if let Some(lp) = c.logprobs.as_mut() {
+                lp.content.extend(chat_logprobs(&names, &delta));
             }
-        }
+            if let Some(f) = &delta.finish {
+                c.finish_reason = Some(f.reason.as_str());
+                c.stop_reason = stop_reason(&delta);
+            }
+        })
+        .await?;
         drop(permit);
         let body = ChatCompletion {
             id,
@@ -184,36 +178,18 @@ pub async fn handler(
                 return;
             }
         }
-        let mut total = EngineUsage::default();
-        while let Some(msg) = rx.recv().await {
-            let data = match msg {
-                Fwd::Delta { delta, .. } => {
-                    let choice = ChatChunkChoice {
-                        index: delta.index,
-                        logprobs: logprobs.map(|_| ChatLogprobs { content: chat_logprobs(&names, &delta) }),
-                        finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
-                        stop_reason: stop_reason(&delta),
-                        delta: ChatDelta { role: None, content: (!delta.text.is_empty()).then_some(delta.text) },
-                    };
-                    chunk(vec![choice], None)
-                }
-                Fwd::Done { usage } => {
-                    add_usage(&mut total, usage);
-                    continue;
-                }
-                Fwd::Failed(e) => {
-                    let _ = tx.send(error_chunk(e)).await;
-                    break;
-                }
+        let to_chunk = |_, delta: flint_engine::StreamDelta| {
+            let choice = ChatChunkChoice {
+                index: delta.index,
+                logprobs: logprobs.map(|_| ChatLogprobs { content: chat_logprobs(&names, &delta) }),
+                finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
+                stop_reason: stop_reason(&delta),
+                delta: ChatDelta { role: None, content: (!delta.text.is_empty()).then_some(delta.text) },
             };
-            if tx.send(data).await.is_err() {
-                return; // client gone: dropping `rx` aborts the request
-            }
-        }
-        if include_usage {
-            let _ = tx.send(chunk(Vec::new(), Some(usage(total)))).await;
-        }
-        let _ = tx.send("[DONE]".to_string()).await;
+            chunk(vec![choice], None)
+        };
+        let usage_chunk = include_usage.then_some(|u| chunk(Vec::new(), Some(u)));
+        write_chunks(rx, &tx, to_chunk, usage_chunk).await;
     });
     Ok(sse_response(out))
 }

@@ -8,12 +8,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use flint_engine::{Tokenizer, Usage as EngineUsage};
+use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::{
-    add_usage, admit, completion_logprobs, error_chunk, forward_all, new_id, now, sampling_params, sse_response,
-    stop_reason, usage, Fwd, TokenNames, MAX_TOP_LOGPROBS,
+    admit, collect_deltas, completion_logprobs, forward_all, new_id, now, sampling_params, sse_response, stop_reason,
+    usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::api::{
     error::ApiError,
@@ -74,7 +74,7 @@ pub async fn handler(
     let num_choices = streams.len() * n;
     let id = new_id("cmpl");
     let (created, model) = (now(), served.name.clone());
-    let mut rx = forward_all(streams);
+    let rx = forward_all(streams);
     let mut offsets = vec![0usize; num_choices];
     let mut echoed = vec![false; num_choices];
     let mut take_echo = move |choice: usize, prompt: usize| {
@@ -96,30 +96,24 @@ pub async fn handler(
                 stop_reason: None,
             })
             .collect();
-        let mut total = EngineUsage::default();
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Fwd::Delta { prompt, delta } => {
-                    let i = prompt * n + delta.index;
-                    let c = &mut choices[i];
-                    c.text.push_str(&take_echo(i, prompt));
-                    c.text.push_str(&delta.text);
-                    if let Some(lp) = c.logprobs.as_mut() {
-                        let more = completion_logprobs(&names, &delta, &mut offsets[i]);
-                        lp.tokens.extend(more.tokens);
-                        lp.token_logprobs.extend(more.token_logprobs);
-                        lp.top_logprobs.extend(more.top_logprobs);
-                        lp.text_offset.extend(more.text_offset);
-                    }
-                    if let Some(f) = &delta.finish {
-                        c.finish_reason = Some(f.reason.as_str());
-                        c.stop_reason = stop_reason(&delta);
-                    }
-                }
-                Fwd::Done { usage } => add_usage(&mut total, usage),
-                Fwd::Failed(e) => return Err(e.into()),
+        let total = collect_deltas(rx, |prompt, delta| {
+            let i = prompt * n + delta.index;
+            let c = &mut choices[i];
+            c.text.push_str(&take_echo(i, prompt));
+            c.text.push_str(&delta.text);
+            if let Some(lp) = c.logprobs.as_mut() {
+                let more = completion_logprobs(&names, &delta, &mut offsets[i]);
+                lp.tokens.extend(more.tokens);
+                lp.token_logprobs.extend(more.token_logprobs);
+                lp.top_logprobs.extend(more.top_logprobs);
+                lp.text_offset.extend(more.text_offset);
             }
-        }
+            if let Some(f) = &delta.finish {
+                c.finish_reason = Some(f.reason.as_str());
+                c.stop_reason = stop_reason(&delta);
+            }
+        })
+        .await?;
         drop(permit);
         let body = Completion {
             id,
@@ -150,39 +144,21 @@ pub async fn handler(
             };
             serde_json::to_string(&c).unwrap_or_default()
         };
-        let mut total = EngineUsage::default();
-        while let Some(msg) = rx.recv().await {
-            let data = match msg {
-                Fwd::Delta { prompt, delta } => {
-                    let i = prompt * n + delta.index;
-                    let mut text = take_echo(i, prompt);
-                    text.push_str(&delta.text);
-                    let choice = CompletionChoice {
-                        index: i,
-                        text,
-                        logprobs: logprobs.map(|_| completion_logprobs(&names, &delta, &mut offsets[i])),
-                        finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
-                        stop_reason: stop_reason(&delta),
-                    };
-                    chunk(vec![choice], None)
-                }
-                Fwd::Done { usage } => {
-                    add_usage(&mut total, usage);
-                    continue;
-                }
-                Fwd::Failed(e) => {
-                    let _ = tx.send(error_chunk(e)).await;
-                    break;
-                }
+        let to_chunk = |prompt: usize, delta: flint_engine::StreamDelta| {
+            let i = prompt * n + delta.index;
+            let mut text = take_echo(i, prompt);
+            text.push_str(&delta.text);
+            let choice = CompletionChoice {
+                index: i,
+                text,
+                logprobs: logprobs.map(|_| completion_logprobs(&names, &delta, &mut offsets[i])),
+                finish_reason: delta.finish.as_ref().map(|f| f.reason.as_str()),
+                stop_reason: stop_reason(&delta),
             };
-            if tx.send(data).await.is_err() {
-                return;
-            }
-        }
-        if include_usage {
-            let _ = tx.send(chunk(Vec::new(), Some(usage(total)))).await;
-        }
-        let _ = tx.send("[DONE]".to_string()).await;
+            chunk(vec![choice], None)
+        };
+        let usage_chunk = include_usage.then_some(|u| chunk(Vec::new(), Some(u)));
+        write_chunks(rx, &tx, to_chunk, usage_chunk).await;
     });
     Ok(sse_response(out))
 }

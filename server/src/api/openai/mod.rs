@@ -240,6 +240,55 @@ pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
     rx
 }
 
+/// Drains a non-streamed response: every delta goes to `on_delta(prompt, delta)`; returns the
+/// usage summed over the prompts, or the engine's error.
+pub async fn collect_deltas(
+    mut rx: mpsc::Receiver<Fwd>,
+    mut on_delta: impl FnMut(usize, StreamDelta),
+) -> Result<EngineUsage, ApiError> {
+    let mut total = EngineUsage::default();
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Fwd::Delta { prompt, delta } => on_delta(prompt, delta),
+            Fwd::Done { usage } => add_usage(&mut total, usage),
+            Fwd::Failed(e) => return Err(e.into()),
+        }
+    }
+    Ok(total)
+}
+
+/// Writes a streamed response: one chunk per delta (`chunk_for(prompt, delta)`), then the usage
+/// chunk when the client asked for one, then `[DONE]`. An engine error becomes an error chunk
+/// before `[DONE]`. Returns at once when the client is gone (dropping `rx` aborts the requests).
+pub async fn write_chunks<U: FnOnce(Usage) -> String>(
+    mut rx: mpsc::Receiver<Fwd>,
+    tx: &mpsc::Sender<String>,
+    mut chunk_for: impl FnMut(usize, StreamDelta) -> String,
+    usage_chunk: Option<U>,
+) {
+    let mut total = EngineUsage::default();
+    while let Some(msg) = rx.recv().await {
+        let data = match msg {
+            Fwd::Delta { prompt, delta } => chunk_for(prompt, delta),
+            Fwd::Done { usage } => {
+                add_usage(&mut total, usage);
+                continue;
+            }
+            Fwd::Failed(e) => {
+                let _ = tx.send(error_chunk(e)).await;
+                break;
+            }
+        };
+        if tx.send(data).await.is_err() {
+            return;
+        }
+    }
+    if let Some(chunk) = usage_chunk {
+        let _ = tx.send(chunk(usage(total))).await;
+    }
+    let _ = tx.send("[DONE]".to_string()).await;
+}
+
 /// An SSE response from a channel of JSON payloads; the writer task owns `permit`.
 pub fn sse_response(rx: mpsc::Receiver<String>) -> Response {
     let stream = ReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
