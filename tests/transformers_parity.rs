@@ -119,8 +119,10 @@ fn batched_sequences_match_their_single_runs() {
 
 #[test]
 fn bf16_and_f16_compute_stay_close_to_f32() {
-    // Relative to the largest reference logit: bf16 keeps 8 mantissa bits, f16 11.
-    for (dtype, tol) in [(DType::BF16, 0.03), (DType::F16, 0.005)] {
+    // Relative to the largest reference logit: bf16 keeps 8 mantissa bits, f16 11. The norms
+    // round where HF's do in half precision (normalised value, then times the weight), which
+    // costs f16 about 0.0055 here against the f32 reference.
+    for (dtype, tol) in [(DType::BF16, 0.03), (DType::F16, 0.008)] {
         let (m, reference, dir) = load_tiny("llama-gqa-tied", dtype);
         let want = candle_core::safetensors::load(dir.join("reference_logits.safetensors"), &Device::Cpu).unwrap();
         let ids = common::ids(&reference["logits_cases"][2]["input_ids"]);

@@ -40,3 +40,15 @@ impl Elem for bf16 {
         bf16::from_f32(v)
     }
 }
+
+/// The contiguous part of a storage slice that `layout` describes, or an error naming `what`.
+pub(crate) fn contiguous_slice<'a, T>(
+    data: &'a [T],
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}

@@ -10,12 +10,20 @@
 //!   (query spans, context lengths, block tables).
 //! - [`reshape_and_cache`]: writes new K/V rows into the paged cache at their slots.
 //! - [`paged_attention`]: causal attention of varlen queries (prefill chunks and decode tokens
-//!   mixed) against their context in the paged cache, with grouped-query heads.
+//!   mixed) against their context in the paged cache, with grouped-query heads;
+//!   [`paged_attention_split_k`] is the split-K (flash-decoding) form for long contexts.
+//! - [`add_rms_norm`], [`rotary_inplace`], [`silu_and_mul`]: the decoder layer's fused
+//!   elementwise steps.
 
 mod elem;
+pub mod fused;
 pub mod paged;
 
-pub use paged::{paged_attention, reshape_and_cache, PagedAttentionMeta, SeqSpan};
+pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul};
+pub use paged::{
+    paged_attention, paged_attention_split_k, reshape_and_cache, PagedAttentionMeta, SeqSpan,
+    MAX_HEAD_DIM,
+};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

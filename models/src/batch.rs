@@ -55,11 +55,7 @@ impl ForwardBatch {
         let mut positions = Vec::new();
         let mut slots = Vec::new();
         let mut logits = Vec::new();
-        let mut attn = PagedAttentionMeta {
-            block_size,
-            max_blocks_per_seq: max_blocks,
-            ..Default::default()
-        };
+        let mut attn = PagedAttentionMeta::new(block_size, max_blocks);
         for (i, s) in seqs.iter().enumerate() {
             let n = s.new_tokens.len();
             let ctx = s.num_computed + n;
@@ -82,9 +78,8 @@ impl ForwardBatch {
                 LogitsRows::Last => logits.push((start + n - 1) as u32),
                 LogitsRows::All => logits.extend((start..start + n).map(|r| r as u32)),
             }
-            attn.seqs.push(SeqSpan { query_start: start as u32, query_len: n as u32, context_len: ctx as u32 });
-            attn.block_tables.extend_from_slice(&s.block_table[..blocks]);
-            attn.block_tables.extend(std::iter::repeat_n(0, max_blocks - blocks));
+            let span = SeqSpan { query_start: start as u32, query_len: n as u32, context_len: ctx as u32 };
+            attn.push(span, &s.block_table[..blocks]);
         }
         let num_tokens = ids.len();
         let num_logits = logits.len();

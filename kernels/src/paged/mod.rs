@@ -14,10 +14,12 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp3, DType, InplaceOp3, Layout, Result, Shape,
     Tensor,
 };
-use half::{bf16, f16};
-use rayon::prelude::*;
+use crate::elem::contiguous_slice;
 
-use crate::elem::Elem;
+mod cpu;
+
+/// Largest head_dim the kernels take (the GPU kernels keep a row in registers).
+pub const MAX_HEAD_DIM: usize = 256;
 
 /// Where one sequence's new tokens sit in the flattened batch, and how long its context is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +45,48 @@ pub struct PagedAttentionMeta {
     pub max_blocks_per_seq: usize,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// This metadata on the GPU: uploaded by the first GPU call and reused by every layer of
+    /// the forward pass, so the fields must not change after that call.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) device: DeviceCache,
+}
+
+/// Per-metadata cache of its device copy (empty without the `cuda` feature). A clone starts
+/// empty, since the clone may be changed before it is used.
+#[derive(Default)]
+pub(crate) struct DeviceCache {
+    #[cfg(feature = "cuda")]
+    pub(crate) cell: std::sync::OnceLock<std::sync::Arc<crate::cuda::paged::DeviceMeta>>,
+}
+
+impl Clone for DeviceCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for DeviceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceCache")
+    }
 }
 
 impl PagedAttentionMeta {
+    /// Empty metadata for a cache of `block_size`-token blocks and block tables
+    /// `max_blocks_per_seq` wide; add sequences with [`PagedAttentionMeta::push`].
+    pub fn new(block_size: usize, max_blocks_per_seq: usize) -> Self {
+        Self { block_size, max_blocks_per_seq, ..Default::default() }
+    }
+
+    /// Appends a sequence: its span and its block table (padded with block 0, or cut, to
+    /// `max_blocks_per_seq`).
+    pub fn push(&mut self, span: SeqSpan, blocks: &[u32]) {
+        self.seqs.push(span);
+        let w = self.max_blocks_per_seq;
+        self.block_tables.extend(blocks.iter().copied().take(w));
+        self.block_tables.extend(std::iter::repeat_n(0, w.saturating_sub(blocks.len())));
+    }
+
     /// Total rows of the flattened batch.
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.query_len as usize).sum()
@@ -84,13 +125,6 @@ impl PagedAttentionMeta {
             }
         }
         Ok(())
-    }
-}
-
-fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what} must be contiguous"),
     }
 }
 
@@ -161,6 +195,19 @@ impl InplaceOp3 for WriteCache {
             ),
         }
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        cache: &mut candle_core::CudaStorage,
+        cache_l: &Layout,
+        new: &candle_core::CudaStorage,
+        new_l: &Layout,
+        slots: &candle_core::CudaStorage,
+        slots_l: &Layout,
+    ) -> Result<()> {
+        crate::cuda::paged::write_cache((cache, cache_l), (new, new_l), (slots, slots_l))
+    }
 }
 
 /// Writes `new` K or V rows `[num_tokens, num_kv_heads, head_dim]` into `cache`
@@ -188,82 +235,9 @@ pub fn reshape_and_cache(new: &Tensor, cache: &Tensor, slot_mapping: &Tensor) ->
 struct PagedAttention<'a> {
     meta: &'a PagedAttentionMeta,
     scale: f32,
-}
-
-impl PagedAttention<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn run<T: Elem>(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> Vec<T> {
-        let meta = self.meta;
-        let num_tokens = q.len() / (heads * head_dim);
-        let group = heads / kv_heads;
-        let bs = meta.block_size;
-        // Row -> sequence index, so every (row, head) task finds its context directly.
-        let mut row_seq = Vec::with_capacity(num_tokens);
-        for (i, s) in meta.seqs.iter().enumerate() {
-            row_seq.extend(std::iter::repeat_n(i, s.query_len as usize));
-        }
-        let mut out = vec![T::from_f32(0.0); q.len()];
-        out.par_chunks_mut(head_dim).enumerate().for_each(|(task, out_row)| {
-            let (t, h) = (task / heads, task % heads);
-            let seq = row_seq[t];
-            let span = meta.seqs[seq];
-            let table = &meta.block_tables[seq * meta.max_blocks_per_seq..];
-            // Causal: this row is token `pos` of its context and sees tokens 0..=pos.
-            let pos = (span.context_len - span.query_len) as usize + (t - span.query_start as usize);
-            let g = h / group;
-            let qrow = &q[(t * heads + h) * head_dim..][..head_dim];
-            let kv_offset = |p: usize| {
-                let slot = table[p / bs] as usize * bs + p % bs;
-                (slot * kv_heads + g) * head_dim
-            };
-            let mut scores = Vec::with_capacity(pos + 1);
-            let mut max = f32::NEG_INFINITY;
-            for p in 0..=pos {
-                let s = dot(qrow, &k[kv_offset(p)..][..head_dim]) * self.scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut acc = vec![0f32; head_dim];
-            let mut denom = 0f32;
-            for (p, s) in scores.iter().enumerate() {
-                let w = (s - max).exp();
-                denom += w;
-                let vrow = &v[kv_offset(p)..][..head_dim];
-                for (a, x) in acc.iter_mut().zip(vrow) {
-                    *a += w * x.to_f32();
-                }
-            }
-            for (o, a) in out_row.iter_mut().zip(&acc) {
-                *o = T::from_f32(a / denom);
-            }
-        });
-        out
-    }
-}
-
-/// Dot product in f32 over eight independent partial sums, so the compiler can vectorize it
-/// (a single running sum is a serial chain of dependent adds).
-#[inline]
-fn dot<T: Elem>(a: &[T], b: &[T]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0f32; LANES];
-    let (a_main, a_tail) = a.split_at(a.len() - a.len() % LANES);
-    let (b_main, b_tail) = b.split_at(a_main.len());
-    for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] += ca[l].to_f32() * cb[l].to_f32();
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x.to_f32() * y.to_f32()).sum();
-    acc.iter().sum::<f32>() + tail
+    /// `None`: the kernel picks (one pass on the CPU; split-K on the GPU for long decode
+    /// contexts). `Some(n)`: split the context into chunks of `n` keys.
+    partition: Option<usize>,
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -282,40 +256,41 @@ impl CustomOp3 for PagedAttention<'_> {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, heads, head_dim) = q_l.shape().dims3()?;
         let (_, _, kv_heads, _) = k_l.shape().dims4()?;
+        let dims = cpu::Dims { heads, kv_heads, head_dim };
+        let (meta, scale, part) = (self.meta, self.scale, self.partition);
+        macro_rules! run {
+            ($variant:ident, $q:expr, $k:expr, $v:expr) => {
+                CpuStorage::$variant(cpu::attention(
+                    meta,
+                    contiguous_slice($q, q_l, "q")?,
+                    contiguous_slice($k, k_l, "k cache")?,
+                    contiguous_slice($v, v_l, "v cache")?,
+                    dims,
+                    scale,
+                    part,
+                ))
+            };
+        }
         let out = match (q, k, v) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                CpuStorage::F32(self.run(
-                    contiguous_slice(q, q_l, "q")?,
-                    contiguous_slice(k, k_l, "k cache")?,
-                    contiguous_slice(v, v_l, "v cache")?,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                ))
-            }
-            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                CpuStorage::F16(self.run::<f16>(
-                    contiguous_slice(q, q_l, "q")?,
-                    contiguous_slice(k, k_l, "k cache")?,
-                    contiguous_slice(v, v_l, "v cache")?,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                ))
-            }
-            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
-                CpuStorage::BF16(self.run::<bf16>(
-                    contiguous_slice(q, q_l, "q")?,
-                    contiguous_slice(k, k_l, "k cache")?,
-                    contiguous_slice(v, v_l, "v cache")?,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                ))
-            }
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => run!(F32, q, k, v),
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => run!(F16, q, k, v),
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => run!(BF16, q, k, v),
             _ => candle_core::bail!("paged_attention: q, k and v must share one of f32/f16/bf16"),
         };
         Ok((out, q_l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        q_l: &Layout,
+        k: &candle_core::CudaStorage,
+        k_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::paged::attention(self.meta, self.scale, self.partition, (q, q_l), (k, k_l), (v, v_l))
     }
 }
 
@@ -332,9 +307,25 @@ pub fn paged_attention(
     meta: &PagedAttentionMeta,
     scale: f32,
 ) -> Result<Tensor> {
+    attention(q, k_cache, v_cache, meta, scale, None)
+}
+
+fn attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &PagedAttentionMeta,
+    scale: f32,
+    partition: Option<usize>,
+) -> Result<Tensor> {
     let (t, heads, d) = q.dims3()?;
     let (num_blocks, block_size, kv_heads, cd) = k_cache.dims4()?;
-    if v_cache.dims() != k_cache.dims() || cd != d || kv_heads == 0 || heads % kv_heads != 0 {
+    if v_cache.dims() != k_cache.dims()
+        || cd != d
+        || d > MAX_HEAD_DIM
+        || kv_heads == 0
+        || heads % kv_heads != 0
+    {
         candle_core::bail!(
             "paged_attention: q {:?}, k cache {:?}, v cache {:?} are inconsistent",
             q.shape(),
@@ -356,7 +347,26 @@ pub fn paged_attention(
         candle_core::bail!("paged_attention: unsupported dtype {:?}", q.dtype());
     }
     let q = q.contiguous()?;
-    q.apply_op3_no_bwd(k_cache, v_cache, &PagedAttention { meta, scale })
+    q.apply_op3_no_bwd(k_cache, v_cache, &PagedAttention { meta, scale, partition })
+}
+
+/// [`paged_attention`] with the context of every row split into chunks of `partition_size`
+/// keys whose partial softmaxes are merged afterwards ("split-K", flash-decoding): on a GPU it
+/// spreads one long sequence over many thread blocks. The GPU kernel takes decode batches only
+/// (every `query_len` 1); the CPU reference takes any batch. Same result as
+/// [`paged_attention`] up to float rounding.
+pub fn paged_attention_split_k(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &PagedAttentionMeta,
+    scale: f32,
+    partition_size: usize,
+) -> Result<Tensor> {
+    if partition_size == 0 {
+        candle_core::bail!("paged_attention_split_k: partition_size must be > 0");
+    }
+    attention(q, k_cache, v_cache, meta, scale, Some(partition_size))
 }
 
 #[cfg(test)]

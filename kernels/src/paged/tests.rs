@@ -61,7 +61,7 @@ fn check(dtype: DType, heads: usize, kvh: usize, d: usize, bs: usize, seqs: &[(u
     // Hand out blocks in a scrambled order so tables are not the identity.
     let mut free: Vec<u32> = (0..num_blocks as u32).collect();
     free.sort_by_key(|&i| (i as u64 * 7919 + 13) % num_blocks as u64);
-    let mut meta = PagedAttentionMeta { block_size: bs, max_blocks_per_seq: max_blocks, ..Default::default() };
+    let mut meta = PagedAttentionMeta::new(bs, max_blocks);
     let (mut qs, mut full_k, mut full_v, mut slots_new) = (vec![], vec![], vec![], vec![]);
     for (i, &(computed, new)) in seqs.iter().enumerate() {
         let ctx = computed + new;
@@ -93,10 +93,11 @@ fn check(dtype: DType, heads: usize, kvh: usize, d: usize, bs: usize, seqs: &[(u
     reshape_and_cache(&Tensor::cat(&new_v, 0).unwrap(), &v_cache, &slots).unwrap();
     let q = Tensor::cat(&qs, 0).unwrap();
     let scale = 1.0 / (d as f32).sqrt();
-    let out = paged_attention(&q, &k_cache, &v_cache, &meta, scale).unwrap();
-    assert_eq!(out.dtype(), dtype);
+    let one_pass = paged_attention(&q, &k_cache, &v_cache, &meta, scale).unwrap();
+    let split = paged_attention_split_k(&q, &k_cache, &v_cache, &meta, scale, 5).unwrap();
+    assert_eq!(one_pass.dtype(), dtype);
     let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
-    for (i, span) in meta.seqs.iter().enumerate() {
+    for (out, (i, span)) in [&one_pass, &split].into_iter().flat_map(|o| std::iter::repeat(o).zip(meta.seqs.iter().enumerate())) {
         let f32k = full_k[i].to_dtype(DType::F32).unwrap();
         let f32v = full_v[i].to_dtype(DType::F32).unwrap();
         let want = dense_attention(&qs[i].to_dtype(DType::F32).unwrap(), &f32k, &f32v, scale).unwrap();
@@ -120,6 +121,25 @@ fn mixed_prefill_chunks_and_decodes_match_dense_attention() {
 }
 
 #[test]
+fn split_k_decode_over_long_contexts_matches_dense_attention() {
+    let seqs = [(40, 1), (3, 1), (77, 1), (0, 1)];
+    for dtype in [DType::F32, DType::BF16] {
+        check(dtype, 8, 2, 16, 16, &seqs);
+    }
+}
+
+#[test]
+fn split_k_needs_a_partition() {
+    let dev = Device::Cpu;
+    let cache = Tensor::zeros((1, 4, 1, 8), DType::F32, &dev).unwrap();
+    let q = Tensor::zeros((1, 1, 8), DType::F32, &dev).unwrap();
+    let mut meta = PagedAttentionMeta::new(4, 1);
+    meta.push(SeqSpan { query_start: 0, query_len: 1, context_len: 1 }, &[0]);
+    assert!(paged_attention_split_k(&q, &cache, &cache, &meta, 1.0, 0).is_err());
+    assert!(paged_attention_split_k(&q, &cache, &cache, &meta, 1.0, 2).is_ok());
+}
+
+#[test]
 fn negative_slots_are_skipped_and_out_of_range_slots_are_errors() {
     let dev = Device::Cpu;
     let cache = Tensor::zeros((2, 2, 1, 2), DType::F32, &dev).unwrap();
@@ -137,10 +157,10 @@ fn inconsistent_metadata_is_an_error_not_a_panic() {
     let cache = Tensor::zeros((2, 4, 1, 8), DType::F32, &dev).unwrap();
     let q = Tensor::zeros((3, 2, 8), DType::F32, &dev).unwrap();
     let span = SeqSpan { query_start: 0, query_len: 3, context_len: 3 };
-    let bad_block = PagedAttentionMeta { seqs: vec![span], block_tables: vec![9], max_blocks_per_seq: 1, block_size: 4 };
+    let bad_block = PagedAttentionMeta { seqs: vec![span], block_tables: vec![9], ..PagedAttentionMeta::new(4, 1) };
     assert!(paged_attention(&q, &cache, &cache, &bad_block, 1.0).is_err());
-    let short_table = PagedAttentionMeta { seqs: vec![SeqSpan { context_len: 9, ..span }], block_tables: vec![0], max_blocks_per_seq: 1, block_size: 4 };
+    let short_table = PagedAttentionMeta { seqs: vec![SeqSpan { context_len: 9, ..span }], block_tables: vec![0], ..PagedAttentionMeta::new(4, 1) };
     assert!(paged_attention(&q, &cache, &cache, &short_table, 1.0).is_err());
-    let wrong_rows = PagedAttentionMeta { seqs: vec![SeqSpan { query_len: 2, ..span }], block_tables: vec![0], max_blocks_per_seq: 1, block_size: 4 };
+    let wrong_rows = PagedAttentionMeta { seqs: vec![SeqSpan { query_len: 2, ..span }], block_tables: vec![0], ..PagedAttentionMeta::new(4, 1) };
     assert!(paged_attention(&q, &cache, &cache, &wrong_rows, 1.0).is_err());
 }

@@ -2,10 +2,14 @@
 //! q/k RMSNorm (Qwen3), RoPE, cache write, varlen paged attention, o_proj.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear_b, rms_norm, Linear, RmsNorm, VarBuilder};
+use candle_nn::{linear_b, Linear, VarBuilder};
 use flint_kernels::{paged_attention, reshape_and_cache};
 
-use crate::{batch::ForwardBatch, config::ModelConfig, layers::rope::RopeRows};
+use crate::{
+    batch::ForwardBatch,
+    config::ModelConfig,
+    layers::{norm::RmsNorm, rope::RopeRows},
+};
 
 #[derive(Debug)]
 pub struct Attention {
@@ -27,8 +31,8 @@ impl Attention {
         let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
         let qk_norm = if cfg.qk_norm {
             Some((
-                rms_norm(d, cfg.rms_norm_eps, vb.pp("q_norm"))?,
-                rms_norm(d, cfg.rms_norm_eps, vb.pp("k_norm"))?,
+                RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("q_norm"))?,
+                RmsNorm::load(d, cfg.rms_norm_eps, vb.pp("k_norm"))?,
             ))
         } else {
             None
@@ -60,10 +64,10 @@ impl Attention {
         let k = self.k_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
         let v = self.v_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
         let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (qn.forward(&q.contiguous()?)?, kn.forward(&k.contiguous()?)?),
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),
         };
-        let (q, k) = rope.apply(&q, &k)?;
+        rope.apply_inplace(&q, &k)?;
         reshape_and_cache(&k, k_cache, &batch.slot_mapping)?;
         reshape_and_cache(&v, v_cache, &batch.slot_mapping)?;
         let out = paged_attention(&q, k_cache, v_cache, &batch.attn, self.scale)?;

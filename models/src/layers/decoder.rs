@@ -3,7 +3,7 @@
 //! mlp}`, `model.norm`, `lm_head` (or the embedding when tied).
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, Linear, VarBuilder};
 
 use crate::{
     batch::ForwardBatch,
@@ -12,6 +12,7 @@ use crate::{
     layers::{
         attention::Attention,
         mlp::Mlp,
+        norm::RmsNorm,
         rope::{RopeRows, RotaryEmbedding},
     },
     Model,
@@ -28,9 +29,9 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         Ok(Self {
-            input_layernorm: rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: rms_norm(
+            post_attention_layernorm: RmsNorm::load(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
@@ -39,17 +40,25 @@ impl DecoderLayer {
         })
     }
 
+    /// One layer on the residual stream. `x` is the previous layer's MLP output and
+    /// `residual` the stream before it (`None` for the first layer, whose `x` is the
+    /// embedding); returns this layer's MLP output and the stream before it, so each residual
+    /// add is fused into the norm that follows it.
     fn forward(
         &self,
         x: &Tensor,
+        residual: Option<&Tensor>,
         rope: &RopeRows,
         batch: &ForwardBatch,
         kv: (&Tensor, &Tensor),
-    ) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, batch, kv.0, kv.1)?;
-        let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
-        x + h
+    ) -> Result<(Tensor, Tensor)> {
+        let (h, residual) = match residual {
+            None => (self.input_layernorm.forward(x)?, x.clone()),
+            Some(r) => self.input_layernorm.add_forward(x, r)?,
+        };
+        let attn = self.self_attn.forward(&h, rope, batch, kv.0, kv.1)?;
+        let (h, residual) = self.post_attention_layernorm.add_forward(&attn, &residual)?;
+        Ok((self.mlp.forward(&h)?, residual))
     }
 }
 
@@ -83,7 +92,7 @@ impl DecoderModel {
             dtype: vb.dtype(),
             embed_tokens,
             layers,
-            norm: rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             lm_head,
             rope: RotaryEmbedding::new(cfg, vb.dtype(), vb.device())?,
         })
@@ -114,11 +123,17 @@ impl Model for DecoderModel {
         }
         let rope = self.rope.for_positions(&batch.positions)?;
         let mut x = self.embed_tokens.forward(&batch.input_ids)?;
+        let mut residual = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope, batch, kv.layer(i)?)?;
+            let (out, r) = layer.forward(&x, residual.as_ref(), &rope, batch, kv.layer(i)?)?;
+            (x, residual) = (out, Some(r));
         }
         // Only the rows that sample pay for the final norm and the vocabulary projection.
-        let x = x.index_select(&batch.logits_indices, 0)?;
-        self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+        let rows = |t: &Tensor| t.index_select(&batch.logits_indices, 0);
+        let h = match &residual {
+            Some(r) => self.norm.add_forward(&rows(&x)?, &rows(r)?)?.0,
+            None => self.norm.forward(&rows(&x)?)?,
+        };
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 }

@@ -1,7 +1,8 @@
 //! Building blocks shared by the architectures: rotary embedding, attention over the paged
-//! cache, the gated MLP, and the Llama-family decoder they make up.
+//! cache, the gated MLP, RMSNorm, and the Llama-family decoder they make up.
 
 pub mod attention;
 pub mod decoder;
 pub mod mlp;
+pub mod norm;
 pub mod rope;

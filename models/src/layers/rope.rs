@@ -80,12 +80,10 @@ pub struct RopeRows {
 }
 
 impl RopeRows {
-    /// Rotates `q` `[T, heads, d]` and `k` `[T, kv_heads, d]` by each token's position.
-    pub fn apply(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
-        let rot = |x: &Tensor| -> Result<Tensor> {
-            let x = x.unsqueeze(0)?.contiguous()?;
-            candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?.squeeze(0)
-        };
-        Ok((rot(q)?, rot(k)?))
+    /// Rotates `q` `[T, heads, d]` and `k` `[T, kv_heads, d]` by each token's position, in
+    /// place: both must be contiguous tensors nothing else reads (fresh projection outputs).
+    pub fn apply_inplace(&self, q: &Tensor, k: &Tensor) -> Result<()> {
+        flint_kernels::rotary_inplace(q, &self.cos, &self.sin)?;
+        flint_kernels::rotary_inplace(k, &self.cos, &self.sin)
     }
 }

@@ -1,0 +1,186 @@
+//! GPU kernels against their CPU references over a grid of shapes, block sizes and dtypes.
+//! Built only with the `cuda` feature; every test passes trivially (saying so) when no GPU is
+//! present, so `cargo test --features cuda` also runs on a GPU-less machine with a driver.
+//!
+//!   cargo test --release -p flint-kernels --features cuda --test cuda_parity -- --nocapture
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor};
+use flint_kernels::{
+    add_rms_norm, paged_attention, paged_attention_split_k, reshape_and_cache, rotary_inplace,
+    silu_and_mul, PagedAttentionMeta, SeqSpan,
+};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn rand(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("valid shape")
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("to cpu");
+    let b = b.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).expect("to cpu");
+    (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("diff")
+}
+
+fn tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 => 4e-3,
+        _ => 3e-2,
+    }
+}
+
+/// A batch over a randomly filled cache: `seqs` = (computed before, new tokens) per sequence,
+/// block tables drawn in a scrambled order.
+struct Case {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    meta: PagedAttentionMeta,
+}
+
+fn case(dtype: DType, heads: usize, kvh: usize, d: usize, bs: usize, seqs: &[(usize, usize)], seed: u64) -> Case {
+    let max_blocks = seqs.iter().map(|(c, n)| (c + n).div_ceil(bs)).max().expect("non-empty");
+    let num_blocks = max_blocks * seqs.len() + 3;
+    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+    free.sort_by_key(|&i| (i as u64 * 7919 + seed) % num_blocks as u64);
+    let mut meta = PagedAttentionMeta::new(bs, max_blocks);
+    let mut rows = 0;
+    for &(computed, new) in seqs {
+        let ctx = computed + new;
+        let table: Vec<u32> = (0..ctx.div_ceil(bs)).map(|_| free.pop().expect("enough blocks")).collect();
+        meta.push(SeqSpan { query_start: rows, query_len: new as u32, context_len: ctx as u32 }, &table);
+        rows += new as u32;
+    }
+    Case {
+        q: rand(seed, &[rows as usize, heads, d], dtype),
+        k: rand(seed + 1, &[num_blocks, bs, kvh, d], dtype),
+        v: rand(seed + 2, &[num_blocks, bs, kvh, d], dtype),
+        meta,
+    }
+}
+
+#[test]
+fn reshape_and_cache_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for dtype in DTYPES {
+        for (bs, kvh, d) in [(8, 2, 64), (16, 8, 128), (32, 1, 80)] {
+            let cache = rand(9, &[6, bs, kvh, d], dtype);
+            let new = rand(10, &[5, kvh, d], dtype);
+            let slots = Tensor::new(&[3i64, -1, (6 * bs - 1) as i64, 0, bs as i64], &Device::Cpu).expect("slots");
+            let cpu = cache.copy().expect("copy");
+            reshape_and_cache(&new, &cpu, &slots).expect("cpu write");
+            let dev = cache.to_device(&gpu).expect("upload");
+            let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+            reshape_and_cache(&on(&new), &dev, &on(&slots)).expect("gpu write");
+            assert_eq!(max_diff(&cpu, &dev), 0.0, "{dtype:?} bs{bs} kvh{kvh} d{d}");
+        }
+    }
+}
+
+fn attention_cases() -> Vec<(&'static str, Vec<(usize, usize)>)> {
+    vec![
+        ("decode", vec![(0, 1), (16, 1), (32, 1), (99, 1), (7, 1)]),
+        ("decode-long", vec![(2999, 1), (700, 1), (0, 1), (1500, 1)]),
+        ("prefill", vec![(0, 37), (0, 1), (0, 16)]),
+        ("mixed", vec![(50, 20), (9, 1), (0, 33), (130, 1), (17, 5)]),
+    ]
+}
+
+#[test]
+fn paged_attention_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut worst = 0f32;
+    for dtype in DTYPES {
+        for bs in [8, 16, 32] {
+            for (heads, kvh) in [(8, 8), (16, 2), (32, 8)] {
+                for d in [64, 80, 128, 256] {
+                    for (name, seqs) in attention_cases() {
+                        let c = case(dtype, heads, kvh, d, bs, &seqs, (bs * 31 + d) as u64);
+                        let scale = 1.0 / (d as f32).sqrt();
+                        let want = paged_attention(&c.q, &c.k, &c.v, &c.meta, scale).expect("cpu");
+                        let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+                        let got = paged_attention(&on(&c.q), &on(&c.k), &on(&c.v), &c.meta, scale).expect("gpu");
+                        let diff = max_diff(&want, &got);
+                        worst = worst.max(diff);
+                        assert!(diff <= tol(dtype), "{name} {dtype:?} bs{bs} h{heads}/kv{kvh} d{d}: {diff}");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("paged_attention: worst max |gpu - cpu| = {worst}");
+}
+
+#[test]
+fn split_k_decode_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for dtype in DTYPES {
+        for partition in [16, 64, 512] {
+            let seqs = [(2999, 1), (700, 1), (0, 1), (64, 1), (65, 1)];
+            let c = case(dtype, 32, 8, 128, 16, &seqs, partition as u64);
+            let scale = 0.088;
+            let want = paged_attention(&c.q, &c.k, &c.v, &c.meta, scale).expect("cpu");
+            let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+            let got = paged_attention_split_k(&on(&c.q), &on(&c.k), &on(&c.v), &c.meta, scale, partition).expect("gpu");
+            let diff = max_diff(&want, &got);
+            assert!(diff <= tol(dtype), "{dtype:?} partition {partition}: {diff}");
+        }
+    }
+    // The GPU split-K kernel is decode-only and says so.
+    let c = case(DType::F32, 4, 4, 64, 16, &[(0, 3)], 1);
+    let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+    assert!(paged_attention_split_k(&on(&c.q), &on(&c.k), &on(&c.v), &c.meta, 1.0, 16).is_err());
+}
+
+#[test]
+fn fused_kernels_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+    for dtype in DTYPES {
+        for (rows, hidden) in [(1, 64), (7, 896), (33, 2048), (3, 4096), (2, 5120)] {
+            let (x, r, w) = (rand(1, &[rows, hidden], dtype), rand(2, &[rows, hidden], dtype), rand(3, &[hidden], dtype));
+            let (n_cpu, s_cpu) = add_rms_norm(&x, &r, &w, 1e-6).expect("cpu");
+            let (n_gpu, s_gpu) = add_rms_norm(&on(&x), &on(&r), &on(&w), 1e-6).expect("gpu");
+            assert_eq!(max_diff(&s_cpu, &s_gpu), 0.0, "add_rms_norm sum {dtype:?} {rows}x{hidden}");
+            let diff = max_diff(&n_cpu, &n_gpu);
+            assert!(diff <= tol(dtype) * 4.0, "add_rms_norm {dtype:?} {rows}x{hidden}: {diff}");
+
+            let (g, u) = (rand(4, &[rows, hidden], dtype), rand(5, &[rows, hidden], dtype));
+            let diff = max_diff(&silu_and_mul(&g, &u).expect("cpu"), &silu_and_mul(&on(&g), &on(&u)).expect("gpu"));
+            assert!(diff <= tol(dtype), "silu_and_mul {dtype:?} {rows}x{hidden}: {diff}");
+        }
+        for (t, heads, d) in [(1, 32, 64), (9, 8, 128), (40, 28, 128), (3, 4, 256)] {
+            let x = rand(6, &[t, heads, d], dtype);
+            let angles = rand(7, &[t, d / 2], DType::F32);
+            let cos = angles.cos().and_then(|a| a.to_dtype(dtype)).expect("cos");
+            let sin = angles.sin().and_then(|a| a.to_dtype(dtype)).expect("sin");
+            let cpu = x.copy().expect("copy");
+            rotary_inplace(&cpu, &cos, &sin).expect("cpu");
+            let dev = on(&x);
+            rotary_inplace(&dev, &on(&cos), &on(&sin)).expect("gpu");
+            let diff = max_diff(&cpu, &dev);
+            assert!(diff <= tol(dtype), "rotary {dtype:?} {t}x{heads}x{d}: {diff}");
+        }
+    }
+}
