@@ -27,4 +27,6 @@ start=$SECONDS
 # --workspace: the root package (flint-suite) has no binaries of its own, so a plain
 # `cargo build --features cuda --bins` in the root would build nothing; every member has `cuda`.
 cargo build --release --workspace --features cuda --bins "$@"
+# The GPU parity tests too (they run on a GPU machine; here they only have to compile).
+cargo test --release -p flint-kernels --features cuda --no-run
 echo "ci-cuda-build: done in $((SECONDS - start)) s: $CARGO_TARGET_DIR/release/flint" >&2

@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 5, in one run on the device machine (it has CUDA, PyTorch and
-# transformers, but no Rust). Build first, here:
-#   source scripts/cuda-env.sh && cargo build --release --features cuda -p flint-server --bin flint \
-#     --target-dir target-cuda && mkdir -p .device && cp target-cuda/release/flint .device/ && strip .device/flint
-#   cargo test --release --features cuda -p flint-kernels --no-run --target-dir target-cuda   # then copy
-#     the printed test executables into .device/tests/
-# and run this script there with .device carried; results land in $OUT (default ./gpu-out).
+# transformers, but no Rust). Build first, here, with scripts/gpu-build.sh (the flint binary and
+# the kernel parity test executables, into .device/), then run this script there with .device
+# carried; results land in $OUT (default ./gpu-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
