@@ -14,12 +14,17 @@
 //!   [`paged_attention_split_k`] is the split-K (flash-decoding) form for long contexts.
 //! - [`add_rms_norm`], [`rotary_inplace`], [`silu_and_mul`]: the decoder layer's fused
 //!   elementwise steps.
+//! - [`lora_delta`] with [`LoraTokens`] / [`SlotParams`]: the batched multi-adapter LoRA
+//!   matmul (each token its own adapter slot).
 
+mod device_cache;
 mod elem;
 pub mod fused;
+pub mod lora;
 pub mod paged;
 
 pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul};
+pub use lora::{lora_delta, LoraTokens, SlotParams, NO_SLOT};
 pub use paged::{
     paged_attention, paged_attention_split_k, reshape_and_cache, PagedAttentionMeta, SeqSpan,
     MAX_HEAD_DIM,

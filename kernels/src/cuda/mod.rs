@@ -9,6 +9,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result};
 
 pub(crate) mod fused;
+pub(crate) mod lora;
 pub(crate) mod paged;
 
 /// One `pub const <FILE_STEM>: &str` of PTX per `kernels/cuda/<file_stem>.cu`, and
@@ -63,6 +64,16 @@ pub(crate) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str)
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::msg(format!("{what} must be contiguous")))?;
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// Copies `v` to the device (one padding element when empty: zero-length copies are refused,
+/// and the kernels never read past their counts).
+pub(crate) fn upload<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr + Copy + Default + 'static>(
+    dev: &CudaDevice,
+    v: &[T],
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
+    let pad = [T::default()];
+    dev.clone_htod(if v.is_empty() { &pad[..] } else { v })
 }
 
 /// Mutable counterpart of [`view`].

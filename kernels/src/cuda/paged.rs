@@ -7,7 +7,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, Result, Shape};
 
-use super::{suffix, view, view_mut, with_float, Kernel, PAGED_ATTENTION_MODULE, RESHAPE_AND_CACHE_MODULE};
+use super::{suffix, upload, view, view_mut, with_float, Kernel, PAGED_ATTENTION_MODULE, RESHAPE_AND_CACHE_MODULE};
 use crate::paged::PagedAttentionMeta;
 
 /// Query rows per prefill CUDA block (`kTileQ` in the .cu).
@@ -32,28 +32,23 @@ pub(crate) struct DeviceMeta {
 }
 
 fn device_meta(meta: &PagedAttentionMeta, dev: &CudaDevice) -> Result<Arc<DeviceMeta>> {
-    if let Some(m) = meta.device.cell.get() {
-        return Ok(m.clone());
-    }
-    let seqs: Vec<u32> = meta.seqs.iter().flat_map(|s| [s.query_start, s.query_len, s.context_len]).collect();
-    let tiles: Vec<u32> = meta
-        .seqs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, s)| (0..s.query_len).step_by(TILE_Q).flat_map(move |r| [i as u32, r]))
-        .collect();
-    // Zero-length uploads are not allowed; pad (the kernels never read past the counts).
-    let upload = |v: &[u32]| dev.clone_htod(if v.is_empty() { &[0u32][..] } else { v });
-    let m = Arc::new(DeviceMeta {
-        seqs: upload(&seqs)?,
-        tables: upload(&meta.block_tables)?,
-        tiles: upload(&tiles)?,
-        num_tiles: tiles.len() / 2,
-        decode_only: meta.seqs.iter().all(|s| s.query_len == 1),
-        max_context: meta.seqs.iter().map(|s| s.context_len as usize).max().unwrap_or(0),
-    });
-    let _ = meta.device.cell.set(m.clone());
-    Ok(m)
+    meta.device.get_or_try_init(|| {
+        let seqs: Vec<u32> = meta.seqs.iter().flat_map(|s| [s.query_start, s.query_len, s.context_len]).collect();
+        let tiles: Vec<u32> = meta
+            .seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (0..s.query_len).step_by(TILE_Q).flat_map(move |r| [i as u32, r]))
+            .collect();
+        Ok(DeviceMeta {
+            seqs: upload(dev, &seqs)?,
+            tables: upload(dev, &meta.block_tables)?,
+            tiles: upload(dev, &tiles)?,
+            num_tiles: tiles.len() / 2,
+            decode_only: meta.seqs.iter().all(|s| s.query_len == 1),
+            max_context: meta.seqs.iter().map(|s| s.context_len as usize).max().unwrap_or(0),
+        })
+    })
 }
 
 /// `reshape_and_cache` on the GPU: one CUDA block per token row.

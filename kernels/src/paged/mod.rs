@@ -14,6 +14,7 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp3, DType, InplaceOp3, Layout, Result, Shape,
     Tensor,
 };
+use crate::device_cache::DeviceCache;
 use crate::elem::contiguous_slice;
 
 mod cpu;
@@ -49,26 +50,6 @@ pub struct PagedAttentionMeta {
     /// the forward pass, so the fields must not change after that call.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) device: DeviceCache,
-}
-
-/// Per-metadata cache of its device copy (empty without the `cuda` feature). A clone starts
-/// empty, since the clone may be changed before it is used.
-#[derive(Default)]
-pub(crate) struct DeviceCache {
-    #[cfg(feature = "cuda")]
-    pub(crate) cell: std::sync::OnceLock<std::sync::Arc<crate::cuda::paged::DeviceMeta>>,
-}
-
-impl Clone for DeviceCache {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for DeviceCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeviceCache")
-    }
 }
 
 impl PagedAttentionMeta {

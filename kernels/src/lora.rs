@@ -1,0 +1,170 @@
+//! Batched multi-adapter LoRA ("BGMV"): every token of a batch gets the low-rank delta of its
+//! own adapter, read from stacked per-slot weights, so one forward pass serves many adapters
+//! (and the base model) without merging anything into the base weights.
+//!
+//! For token `t` in slot `s = token_slots[t]` the delta is
+//! `scale[s] * B[s][:, ..rank[s]] @ (A[s][..rank[s], :] @ x[t])`; tokens with
+//! [`NO_SLOT`], or whose slot has scale 0 for this layer (adapter absent or not targeting it),
+//! get zeros.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::elem::{contiguous_slice, Elem};
+use crate::device_cache::DeviceCache;
+
+/// The slot of a token that uses no adapter.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Which adapter slot each token of one forward pass uses; built once per step and shared by
+/// every LoRA layer (the GPU copy is uploaded once, on first use).
+#[derive(Clone, Debug, Default)]
+pub struct LoraTokens {
+    /// One entry per token row: a slot index, or [`NO_SLOT`].
+    pub token_slots: Vec<u32>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) device: DeviceCache,
+}
+
+impl LoraTokens {
+    pub fn new(token_slots: Vec<u32>) -> Self {
+        Self { token_slots, device: DeviceCache::default() }
+    }
+
+    /// True when no token uses an adapter (the LoRA layers can skip the op).
+    pub fn is_empty(&self) -> bool {
+        self.token_slots.iter().all(|&s| s == NO_SLOT)
+    }
+}
+
+/// One slot's parameters for one layer: the adapter's scaling (`lora_alpha / r`, or
+/// `/ sqrt(r)` with rsLoRA; 0 = the slot contributes nothing here) and its rank (rows of the
+/// stacked A that are in use; the rest are zero padding).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SlotParams {
+    pub scale: f32,
+    pub rank: u32,
+}
+
+pub(crate) struct LoraDelta<'a> {
+    pub(crate) tokens: &'a LoraTokens,
+    pub(crate) slots: &'a [SlotParams],
+}
+
+impl LoraDelta<'_> {
+    fn run<T: Elem>(&self, x: &[T], a: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
+        let (max_rank, d_in, d_out) = dims;
+        let mut out = vec![T::from_f32(0.0); self.tokens.token_slots.len() * d_out];
+        out.par_chunks_mut(d_out).enumerate().for_each(|(t, row)| {
+            let s = self.tokens.token_slots[t];
+            let Some(p) = self.slots.get(s as usize).filter(|p| p.scale != 0.0) else { return };
+            let (s, rank) = (s as usize, (p.rank as usize).min(max_rank));
+            let xt = &x[t * d_in..][..d_in];
+            let a_s = &a[s * max_rank * d_in..];
+            // shrink: rank values, scaled once here instead of per output
+            let mid: Vec<f32> =
+                (0..rank).map(|r| p.scale * dot(&a_s[r * d_in..][..d_in], xt)).collect();
+            // expand
+            let b_s = &b[s * d_out * max_rank..];
+            for (o, y) in row.iter_mut().enumerate() {
+                let brow = &b_s[o * max_rank..][..rank];
+                *y = T::from_f32(brow.iter().zip(&mid).map(|(w, m)| w.to_f32() * m).sum());
+            }
+        });
+        out
+    }
+}
+
+/// f32 dot product over eight partial sums (vectorizes).
+fn dot<T: Elem>(a: &[T], b: &[T]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let n = a.len() - a.len() % L;
+    for (ca, cb) in a[..n].chunks_exact(L).zip(b[..n].chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] += ca[l].to_f32() * cb[l].to_f32();
+        }
+    }
+    acc.iter().sum::<f32>() + a[n..].iter().zip(&b[n..]).map(|(x, y)| x.to_f32() * y.to_f32()).sum::<f32>()
+}
+
+impl CustomOp3 for LoraDelta<'_> {
+    fn name(&self) -> &'static str {
+        "lora_delta"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        a: &CpuStorage,
+        a_l: &Layout,
+        b: &CpuStorage,
+        b_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, max_rank, d_in) = a_l.shape().dims3()?;
+        let (_, d_out, _) = b_l.shape().dims3()?;
+        let dims = (max_rank, d_in, d_out);
+        macro_rules! run {
+            ($v:ident, $x:expr, $a:expr, $b:expr) => {
+                CpuStorage::$v(self.run(
+                    contiguous_slice($x, x_l, "x")?,
+                    contiguous_slice($a, a_l, "lora A")?,
+                    contiguous_slice($b, b_l, "lora B")?,
+                    dims,
+                ))
+            };
+        }
+        let out = match (x, a, b) {
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => run!(F32, x, a, b),
+            (CpuStorage::F16(x), CpuStorage::F16(a), CpuStorage::F16(b)) => run!(F16, x, a, b),
+            (CpuStorage::BF16(x), CpuStorage::BF16(a), CpuStorage::BF16(b)) => run!(BF16, x, a, b),
+            _ => candle_core::bail!("lora_delta: x, A and B must share one of f32/f16/bf16"),
+        };
+        Ok((out, Shape::from((self.tokens.token_slots.len(), d_out))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_l: &Layout,
+        a: &candle_core::CudaStorage,
+        a_l: &Layout,
+        b: &candle_core::CudaStorage,
+        b_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::lora::delta(self.tokens, self.slots, (x, x_l), (a, a_l), (b, b_l))
+    }
+}
+
+/// The LoRA deltas of a batch: `x` `[num_tokens, d_in]`, stacked adapters `a`
+/// `[num_slots, max_rank, d_in]` and `b` `[num_slots, d_out, max_rank]` (zero-padded past each
+/// adapter's rank), one slot per token in `tokens`, per-slot `slots` parameters for this layer.
+/// Returns `[num_tokens, d_out]` in x's dtype (f32/f16/bf16, the same for all three); rows of
+/// tokens without an active adapter are zero. Accumulates in f32.
+pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &LoraTokens, slots: &[SlotParams]) -> Result<Tensor> {
+    let (t, d_in) = x.dims2()?;
+    let (num_slots, max_rank, a_in) = a.dims3()?;
+    let (b_slots, _, b_rank) = b.dims3()?;
+    if a_in != d_in || b_slots != num_slots || b_rank != max_rank || tokens.token_slots.len() != t || slots.len() != num_slots {
+        candle_core::bail!(
+            "lora_delta: x {:?}, A {:?}, B {:?}, {} token slots and {} slot params disagree",
+            x.shape(),
+            a.shape(),
+            b.shape(),
+            tokens.token_slots.len(),
+            slots.len()
+        );
+    }
+    if let Some(s) = tokens.token_slots.iter().find(|&&s| s != NO_SLOT && s as usize >= num_slots) {
+        candle_core::bail!("lora_delta: token slot {s} out of range ({num_slots} slots)");
+    }
+    if x.dtype() != a.dtype() || x.dtype() != b.dtype() || !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        candle_core::bail!("lora_delta: dtypes {:?}/{:?}/{:?} (need one of f32/f16/bf16)", x.dtype(), a.dtype(), b.dtype());
+    }
+    x.contiguous()?.apply_op3_no_bwd(&a.contiguous()?, &b.contiguous()?, &LoraDelta { tokens, slots })
+}
+
+#[cfg(test)]
+mod tests;

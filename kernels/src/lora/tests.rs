@@ -1,0 +1,76 @@
+//! The batched LoRA op against per-token dense matmuls.
+
+use super::*;
+use candle_core::{Device, IndexOp};
+
+fn rand(seed: u64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+}
+
+/// `scale * x_t @ A[..r]^T @ B[:, ..r]^T` token by token.
+fn dense(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &[u32], slots: &[SlotParams]) -> Tensor {
+    let d_out = b.dim(1).unwrap();
+    let rows: Vec<Tensor> = tokens
+        .iter()
+        .enumerate()
+        .map(|(t, &s)| {
+            let p = slots.get(s as usize).copied().unwrap_or_default();
+            if s == NO_SLOT || p.scale == 0.0 {
+                return Tensor::zeros((1, d_out), DType::F32, &Device::Cpu).unwrap();
+            }
+            let r = p.rank as usize;
+            let a_s = a.i((s as usize, ..r, ..)).unwrap();
+            let b_s = b.i((s as usize, .., ..r)).unwrap();
+            let xt = x.i((t..t + 1, ..)).unwrap();
+            (xt.matmul(&a_s.t().unwrap()).unwrap().matmul(&b_s.t().unwrap()).unwrap() * p.scale as f64).unwrap()
+        })
+        .collect();
+    Tensor::cat(&rows, 0).unwrap()
+}
+
+#[test]
+fn mixed_slots_match_dense_per_token_matmuls() {
+    let (slots_n, max_rank, d_in, d_out) = (3, 8, 24, 40);
+    let a = rand(1, &[slots_n, max_rank, d_in]);
+    let b = rand(2, &[slots_n, d_out, max_rank]);
+    let x = rand(3, &[7, d_in]);
+    let tokens = vec![0, NO_SLOT, 2, 1, 1, 2, NO_SLOT];
+    // Slot 1 uses rank 4 of 8 (the padding rows hold garbage here, which must be ignored);
+    // slot 2 is absent from this layer (scale 0).
+    let slots = [SlotParams { scale: 2.0, rank: 8 }, SlotParams { scale: 0.5, rank: 4 }, SlotParams { scale: 0.0, rank: 8 }];
+    let lt = LoraTokens::new(tokens.clone());
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let got = lora_delta(&cast(&x), &cast(&a), &cast(&b), &lt, &slots).unwrap();
+        assert_eq!(got.dims(), [7, d_out]);
+        assert_eq!(got.dtype(), dtype);
+        let want = dense(&cast(&x).to_dtype(DType::F32).unwrap(), &cast(&a).to_dtype(DType::F32).unwrap(), &cast(&b).to_dtype(DType::F32).unwrap(), &tokens, &slots);
+        let diff = (got.to_dtype(DType::F32).unwrap() - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        assert!(diff <= tol * scale.max(1.0), "{dtype:?}: {diff}");
+    }
+    assert!(!lt.is_empty());
+    assert!(LoraTokens::new(vec![NO_SLOT; 3]).is_empty());
+}
+
+#[test]
+fn inconsistent_inputs_are_errors() {
+    let a = rand(1, &[2, 4, 8]);
+    let b = rand(2, &[2, 6, 4]);
+    let x = rand(3, &[3, 8]);
+    let ok = [SlotParams { scale: 1.0, rank: 4 }; 2];
+    assert!(lora_delta(&x, &a, &b, &LoraTokens::new(vec![0, 1, NO_SLOT]), &ok).is_ok());
+    assert!(lora_delta(&x, &a, &b, &LoraTokens::new(vec![0, 2, NO_SLOT]), &ok).is_err(), "slot out of range");
+    assert!(lora_delta(&x, &a, &b, &LoraTokens::new(vec![0, 1]), &ok).is_err(), "token count");
+    assert!(lora_delta(&x, &a, &b, &LoraTokens::new(vec![0, 1, 1]), &ok[..1]).is_err(), "slot params");
+    assert!(lora_delta(&rand(3, &[3, 9]), &a, &b, &LoraTokens::new(vec![0, 1, 1]), &ok).is_err(), "d_in");
+}
