@@ -41,6 +41,7 @@ fixtures: model
 	python3 -m venv .venv-fixtures
 	.venv-fixtures/bin/pip install -q -r scripts/requirements-fixtures.txt
 	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_fixtures.py --out tests/fixtures
+	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_lora_fixtures.py --fixtures tests/fixtures
 
 bench: model
 	$(CARGO) bench --bench decode --bench engine --bench scheduler

@@ -7,8 +7,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use flint_kernels::{
-    add_rms_norm, paged_attention, paged_attention_split_k, reshape_and_cache, rotary_inplace,
-    silu_and_mul, PagedAttentionMeta, SeqSpan,
+    add_rms_norm, lora_delta, paged_attention, paged_attention_split_k, reshape_and_cache,
+    rotary_inplace, silu_and_mul, LoraTokens, PagedAttentionMeta, SeqSpan, SlotParams, NO_SLOT,
 };
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -181,6 +181,74 @@ fn fused_kernels_match_cpu() {
             rotary_inplace(&dev, &on(&cos), &on(&sin)).expect("gpu");
             let diff = max_diff(&cpu, &dev);
             assert!(diff <= tol(dtype), "rotary {dtype:?} {t}x{heads}x{d}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn lora_delta_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let on = |t: &Tensor| t.to_device(&gpu).expect("upload");
+    let max_abs = |t: &Tensor| {
+        let t = t.to_dtype(DType::F32).and_then(|t| t.abs()).and_then(|t| t.flatten_all()).expect("abs");
+        t.max(0).and_then(|m| m.to_scalar::<f32>()).expect("max")
+    };
+    let rel_tol = |dtype: DType| match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 => 5e-3,
+        _ => 3e-2,
+    };
+    for dtype in DTYPES {
+        for (num_slots, max_rank, d_in, d_out) in [(4, 16, 576, 1536), (2, 8, 896, 128), (8, 64, 4096, 4096)] {
+            // Padding past each rank is random, not zero: the kernels must respect the ranks.
+            let a = rand(11, &[num_slots, max_rank, d_in], dtype);
+            let b = rand(12, &[num_slots, d_out, max_rank], dtype);
+            let (ga, gb) = (on(&a), on(&b));
+            // Mixed ranks (slot 0 one short of the maximum, odd slots full, the rest about half)
+            // and the last slot at scale 0 (an adapter not targeting this layer).
+            let params: Vec<SlotParams> = (0..num_slots)
+                .map(|s| SlotParams {
+                    scale: if s == num_slots - 1 { 0.0 } else { 0.5 + 0.25 * s as f32 },
+                    rank: match s {
+                        0 => max_rank as u32 - 1,
+                        s if s % 2 == 1 => max_rank as u32,
+                        s => (max_rank / 2 + s % 3) as u32,
+                    },
+                })
+                .collect();
+            for t in [1, 16, 37] {
+                let x = rand(13 + t as u64, &[t, d_in], dtype);
+                let gx = on(&x);
+                // Every slot and NO_SLOT, scrambled.
+                let slots: Vec<u32> = (0..t)
+                    .map(|i| match (i * 7 + 3) % (num_slots + 1) {
+                        s if s == num_slots => NO_SLOT,
+                        s => s as u32,
+                    })
+                    .collect();
+                let tokens = LoraTokens::new(slots);
+                // Two "layers" through the same tokens: the second reuses the cached device copy
+                // of the token slots with other per-slot scales.
+                let doubled: Vec<SlotParams> = params.iter().map(|p| SlotParams { scale: 2.0 * p.scale, ..*p }).collect();
+                for (layer, params) in [&params, &doubled].into_iter().enumerate() {
+                    let want = lora_delta(&x, &a, &b, &tokens, params).expect("cpu");
+                    let got = lora_delta(&gx, &ga, &gb, &tokens, params).expect("gpu");
+                    assert_eq!(got.dims(), want.dims());
+                    let (diff, scale) = (max_diff(&want, &got), max_abs(&want).max(1e-6));
+                    assert!(
+                        diff <= rel_tol(dtype) * scale,
+                        "{dtype:?} slots{num_slots} r{max_rank} {d_in}->{d_out} t{t} layer{layer}: {diff} (max |cpu| {scale})"
+                    );
+                    // Tokens without an active adapter get exact zeros.
+                    let rows = got.to_dtype(DType::F32).and_then(|g| g.to_vec2::<f32>()).expect("to host");
+                    for (i, row) in rows.iter().enumerate() {
+                        let s = tokens.token_slots[i];
+                        if s == NO_SLOT || params[s as usize].scale == 0.0 {
+                            assert!(row.iter().all(|&v| v == 0.0), "{dtype:?} t{t}: row {i} (slot {s}) not zero");
+                        }
+                    }
+                }
+            }
         }
     }
 }

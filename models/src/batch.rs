@@ -1,7 +1,7 @@
 //! [`ForwardBatch`]: one step's flattened ("varlen") input, built from plain per-sequence data.
 
 use candle_core::{Device, Result, Tensor};
-use flint_kernels::{PagedAttentionMeta, SeqSpan};
+use flint_kernels::{LoraTokens, PagedAttentionMeta, SeqSpan, NO_SLOT};
 
 /// Which rows of a sequence produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct ForwardBatch {
     pub logits_indices: Tensor,
     pub num_tokens: usize,
     pub num_logits: usize,
+    /// Each token's LoRA slot; `None` when no sequence of the batch uses an adapter.
+    pub lora: Option<LoraTokens>,
 }
 
 impl ForwardBatch {
@@ -91,7 +93,29 @@ impl ForwardBatch {
             logits_indices: Tensor::from_vec(logits, num_logits, device)?,
             num_tokens,
             num_logits,
+            lora: None,
         })
+    }
+
+    /// Gives sequence `i` (in the order passed to [`Self::new`]) LoRA slot `seq_slots[i]`
+    /// (`None`: the base model). Leaves `lora` empty when no sequence uses an adapter.
+    pub fn set_lora_slots(&mut self, seq_slots: &[Option<u32>]) -> Result<()> {
+        if seq_slots.len() != self.attn.seqs.len() {
+            candle_core::bail!("{} LoRA slots for {} sequences", seq_slots.len(), self.attn.seqs.len());
+        }
+        if seq_slots.iter().all(Option::is_none) {
+            self.lora = None;
+            return Ok(());
+        }
+        let tokens = self
+            .attn
+            .seqs
+            .iter()
+            .zip(seq_slots)
+            .flat_map(|(s, slot)| std::iter::repeat_n(slot.unwrap_or(NO_SLOT), s.query_len as usize))
+            .collect();
+        self.lora = Some(LoraTokens::new(tokens));
+        Ok(())
     }
 }
 

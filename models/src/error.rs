@@ -18,6 +18,8 @@ pub enum ModelError {
     InvalidConfig { path: PathBuf, field: &'static str, reason: String },
     #[error("{path}: corrupt safetensors file: {reason}")]
     CorruptWeights { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    InvalidAdapter { path: PathBuf, reason: String },
     #[error("loading weights from {dir}: {source}")]
     Weights { dir: PathBuf, source: candle_core::Error },
     #[error("unsupported dtype {0:?} (use f32, bf16 or f16)")]

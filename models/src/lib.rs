@@ -10,6 +10,8 @@
 //!   dummy`), for benchmarks at real sizes without weight files.
 //! - `arch/`: one file per architecture (Llama/Mistral/SmolLM2, Qwen2, Qwen3), built from the
 //!   shared layers in `layers/` and shaped like the HF checkpoint.
+//! - [`LoraAdapter`]: a PEFT LoRA adapter read and checked against the base model; models put
+//!   adapters into slots ([`Model::set_lora_slot`]) and apply them per token.
 //! - [`gguf`]: GGUF → Hugging Face directory converter; [`source`]: model references (local
 //!   directories or Hugging Face repo ids).
 
@@ -22,6 +24,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod layers;
 pub mod loader;
+pub mod lora;
 pub mod source;
 
 pub use batch::{ForwardBatch, LogitsRows, SeqInput};
@@ -31,6 +34,9 @@ pub use dummy::load_dummy;
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvCacheSpec};
 pub use loader::{load, parse_dtype, GenerationConfig, LoadOptions, LoadedModel};
+pub use lora::{LoraAdapter, TargetModule};
+
+use candle_core::Result;
 
 /// A causal language model that runs varlen batches over a paged KV cache.
 pub trait Model: Send {
@@ -39,5 +45,24 @@ pub trait Model: Send {
     fn kv_cache_spec(&self) -> KvCacheSpec;
     /// Runs the batch's new tokens: writes their K/V into `kv` and returns f32 logits
     /// `[batch.num_logits, vocab_size]` for the rows in `batch.logits_indices`.
-    fn forward(&self, batch: &ForwardBatch, kv: &KvCache) -> candle_core::Result<Tensor>;
+    fn forward(&self, batch: &ForwardBatch, kv: &KvCache) -> Result<Tensor>;
+
+    /// Allocates `slots` LoRA adapter slots of rank up to `max_rank` in every projection
+    /// (zeroed, unused). Called once, before the first forward pass.
+    fn enable_lora(&mut self, slots: usize, max_rank: usize) -> Result<()> {
+        let _ = (slots, max_rank);
+        candle_core::bail!("this model does not support LoRA adapters")
+    }
+
+    /// LoRA slots allocated (0 when LoRA is off).
+    fn lora_slots(&self) -> usize {
+        0
+    }
+
+    /// Puts `adapter` into LoRA slot `slot` (`None`: the slot contributes nothing). Tokens
+    /// name their slot in `ForwardBatch::lora`.
+    fn set_lora_slot(&self, slot: usize, adapter: Option<&LoraAdapter>) -> Result<()> {
+        let _ = (slot, adapter);
+        candle_core::bail!("this model does not support LoRA adapters")
+    }
 }

@@ -101,7 +101,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     Ok(LoadedModel { model, config, generation, dir: dir.to_owned(), dtype, device: opts.device.clone() })
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_owned(), source })

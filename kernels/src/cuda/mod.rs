@@ -24,6 +24,8 @@ pub const RESHAPE_AND_CACHE_MODULE: &str = "reshape_and_cache";
 pub const PAGED_ATTENTION_MODULE: &str = "paged_attention";
 /// Module name under which `ptx::FUSED` is loaded.
 pub const FUSED_MODULE: &str = "fused";
+/// Module name under which `ptx::LORA` is loaded.
+pub const LORA_MODULE: &str = "lora";
 
 /// A loaded entry point and the stream it launches on (the device's, so it orders with
 /// candle's own kernels).
@@ -129,6 +131,10 @@ mod tests {
             for kernel in ["rms_norm", "rotary", "silu_and_mul"] {
                 let entry = format!(".entry {kernel}_{dtype}(");
                 assert!(module(super::FUSED_MODULE).contains(&entry), "missing {entry}");
+            }
+            for kernel in ["lora_shrink", "lora_expand"] {
+                let entry = format!(".entry {kernel}_{dtype}(");
+                assert!(module(super::LORA_MODULE).contains(&entry), "missing {entry}");
             }
         }
     }

@@ -1,22 +1,23 @@
 //! Self-attention over the paged KV cache: q/k/v projections (optional bias), optional per-head
 //! q/k RMSNorm (Qwen3), RoPE, cache write, varlen paged attention, o_proj.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear_b, Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 use flint_kernels::{paged_attention, reshape_and_cache};
 
 use crate::{
     batch::ForwardBatch,
     config::ModelConfig,
-    layers::{norm::RmsNorm, rope::RopeRows},
+    layers::{linear::Proj, norm::RmsNorm, rope::RopeRows},
+    lora::TargetModule,
 };
 
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     /// Per-head norms of q and k (Qwen3); `None` elsewhere.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     num_heads: usize,
@@ -38,10 +39,10 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: linear_b(h, q_out, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, kv_out, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, kv_out, cfg.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear_b(q_out, h, cfg.o_bias, vb.pp("o_proj"))?,
+            q_proj: Proj::load(h, q_out, cfg.qkv_bias, TargetModule::Q, vb.pp("q_proj"))?,
+            k_proj: Proj::load(h, kv_out, cfg.qkv_bias, TargetModule::K, vb.pp("k_proj"))?,
+            v_proj: Proj::load(h, kv_out, cfg.qkv_bias, TargetModule::V, vb.pp("v_proj"))?,
+            o_proj: Proj::load(q_out, h, cfg.o_bias, TargetModule::O, vb.pp("o_proj"))?,
             qk_norm,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
@@ -60,9 +61,10 @@ impl Attention {
         v_cache: &Tensor,
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
-        let q = self.q_proj.forward(x)?.reshape((t, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
+        let lora = batch.lora.as_ref();
+        let q = self.q_proj.forward(x, lora)?.reshape((t, self.num_heads, self.head_dim))?;
+        let k = self.k_proj.forward(x, lora)?.reshape((t, self.num_kv_heads, self.head_dim))?;
+        let v = self.v_proj.forward(x, lora)?.reshape((t, self.num_kv_heads, self.head_dim))?;
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),
@@ -71,6 +73,14 @@ impl Attention {
         reshape_and_cache(&k, k_cache, &batch.slot_mapping)?;
         reshape_and_cache(&v, v_cache, &batch.slot_mapping)?;
         let out = paged_attention(&q, k_cache, v_cache, &batch.attn, self.scale)?;
-        self.o_proj.forward(&out.reshape((t, self.num_heads * self.head_dim))?)
+        self.o_proj.forward(&out.reshape((t, self.num_heads * self.head_dim))?, lora)
+    }
+
+    pub(crate) fn projs_mut(&mut self) -> [&mut Proj; 4] {
+        [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj]
+    }
+
+    pub(crate) fn projs(&self) -> [&Proj; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 }

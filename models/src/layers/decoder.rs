@@ -9,6 +9,7 @@ use crate::{
     batch::ForwardBatch,
     config::ModelConfig,
     kv_cache::{KvCache, KvCacheSpec},
+    lora::LoraAdapter,
     layers::{
         attention::Attention,
         mlp::Mlp,
@@ -58,7 +59,7 @@ impl DecoderLayer {
         };
         let attn = self.self_attn.forward(&h, rope, batch, kv.0, kv.1)?;
         let (h, residual) = self.post_attention_layernorm.add_forward(&attn, &residual)?;
-        Ok((self.mlp.forward(&h)?, residual))
+        Ok((self.mlp.forward(&h, batch.lora.as_ref())?, residual))
     }
 }
 
@@ -73,6 +74,8 @@ pub struct DecoderModel {
     norm: RmsNorm,
     lm_head: Linear,
     rope: RotaryEmbedding,
+    /// LoRA slots allocated by `enable_lora` (0: LoRA off).
+    lora_slots: usize,
 }
 
 impl DecoderModel {
@@ -95,6 +98,7 @@ impl DecoderModel {
             norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             lm_head,
             rope: RotaryEmbedding::new(cfg, vb.dtype(), vb.device())?,
+            lora_slots: 0,
         })
     }
 }
@@ -111,6 +115,32 @@ impl Model for DecoderModel {
             head_dim: self.cfg.head_dim,
             dtype: self.dtype,
         }
+    }
+
+    fn enable_lora(&mut self, slots: usize, max_rank: usize) -> Result<()> {
+        let device = self.embed_tokens.embeddings().device().clone();
+        for layer in &mut self.layers {
+            let DecoderLayer { self_attn, mlp, .. } = layer;
+            for p in self_attn.projs_mut().into_iter().chain(mlp.projs_mut()) {
+                p.enable_lora(slots, max_rank, self.dtype, &device)?;
+            }
+        }
+        self.lora_slots = slots;
+        Ok(())
+    }
+
+    fn lora_slots(&self) -> usize {
+        self.lora_slots
+    }
+
+    fn set_lora_slot(&self, slot: usize, adapter: Option<&LoraAdapter>) -> Result<()> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            for p in layer.self_attn.projs().into_iter().chain(layer.mlp.projs()) {
+                let pair = adapter.and_then(|a| a.pair(i, p.module)).map(|(a, b)| (a, b));
+                p.set_slot(slot, pair, adapter.map_or(0.0, |a| a.scale))?;
+            }
+        }
+        Ok(())
     }
 
     fn forward(&self, batch: &ForwardBatch, kv: &KvCache) -> Result<Tensor> {
