@@ -52,6 +52,7 @@ fn scheduler(c: &mut Criterion) {
                 block_size: 16,
                 num_blocks: 8192,
                 prefix_caching: true,
+        max_loras: 4,
             });
             for r in 0..REQUESTS as u64 {
                 let prompt = (0..64u32).map(|i| i.wrapping_mul(2654435761).wrapping_add(r as u32)).collect();

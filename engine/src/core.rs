@@ -5,6 +5,9 @@
 //! channel.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use flint_models::LoraAdapter;
 
 use tokio::sync::{
     mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender},
@@ -14,6 +17,7 @@ use tokio::sync::{
 use crate::{
     error::EngineError,
     ids::{AdapterId, RequestId, SeqId},
+    lora::{AdapterLease, AdapterSlots},
     output::{RequestEvent, TokenLogprob},
     runner::ModelRunner,
     sampling::{SampleContext, Sampler, SamplingParams},
@@ -37,6 +41,10 @@ pub(crate) enum EngineCommand {
     /// Ends a request (`index: None`) or one of its samples; blocks are freed at once.
     Abort { id: RequestId, index: Option<usize> },
     Stats(oneshot::Sender<EngineStats>),
+    /// A checked adapter, registered by the handle under `id`.
+    AddAdapter { id: AdapterId, adapter: Arc<LoraAdapter> },
+    /// The adapter's name is gone; it is dropped once no request uses it.
+    RemoveAdapter { id: AdapterId },
     Shutdown,
 }
 
@@ -52,6 +60,8 @@ pub struct EngineStats {
     pub computed_tokens: u64,
     /// Output tokens produced.
     pub generated_tokens: u64,
+    /// LoRA adapters resident in the model's slots.
+    pub adapters_resident: usize,
 }
 
 /// One running sample.
@@ -60,11 +70,14 @@ struct Active {
     index: usize,
     sampler: Sampler,
     events: UnboundedSender<RequestEvent>,
+    /// Keeps the request's adapter loaded until the sample ends.
+    _adapter: Option<AdapterLease>,
 }
 
 pub(crate) struct EngineCore {
     scheduler: Scheduler,
     runner: ModelRunner,
+    adapters: AdapterSlots,
     eos_ids: Vec<u32>,
     active: HashMap<SeqId, Active>,
     requests: HashMap<RequestId, Vec<SeqId>>,
@@ -74,9 +87,11 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub fn new(scheduler: Scheduler, runner: ModelRunner, eos_ids: Vec<u32>) -> Self {
+        let adapters = AdapterSlots::new(runner.model().lora_slots());
         Self {
             scheduler,
             runner,
+            adapters,
             eos_ids,
             active: HashMap::new(),
             requests: HashMap::new(),
@@ -126,16 +141,30 @@ impl EngineCore {
             EngineCommand::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            EngineCommand::AddAdapter { id, adapter } => self.adapters.add(id, adapter),
+            EngineCommand::RemoveAdapter { id } => self.adapters.remove(id),
             EngineCommand::Shutdown => return false,
         }
         true
     }
 
     fn snapshot(&self) -> EngineStats {
-        EngineStats { scheduler: self.scheduler.stats(), requests: self.requests.len(), ..self.stats }
+        EngineStats {
+            scheduler: self.scheduler.stats(),
+            requests: self.requests.len(),
+            adapters_resident: self.adapters.resident(),
+            ..self.stats
+        }
     }
 
     fn submit(&mut self, s: Submission) {
+        let lease = match s.adapter.map(|a| self.adapters.lease(a)).transpose() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = s.events.send(RequestEvent::Failed(e));
+                return;
+            }
+        };
         let eos = if s.params.ignore_eos { Vec::new() } else { self.eos_ids.clone() };
         let mut seqs = Vec::with_capacity(s.params.n);
         for index in 0..s.params.n {
@@ -160,7 +189,8 @@ impl EngineCore {
                 return;
             }
             let sampler = Sampler::for_sample(s.params.clone(), index);
-            self.active.insert(id, Active { req: s.id, index, sampler, events: s.events.clone() });
+            let active = Active { req: s.id, index, sampler, events: s.events.clone(), _adapter: lease.clone() };
+            self.active.insert(id, active);
             seqs.push(id);
         }
         self.requests.insert(s.id, seqs);
@@ -250,7 +280,12 @@ impl EngineCore {
 
     /// Runs the model and samples one token per sampling row.
     fn run_and_sample(&mut self, out: &SchedulerOutput) -> crate::error::Result<Vec<(SeqId, u32, Option<TokenLogprob>)>> {
-        let mut logits = self.runner.execute(out)?;
+        // Unloaded adapters whose last request ended leave their slots first.
+        self.adapters.collect();
+        let mut needed: Vec<AdapterId> = out.seqs.iter().filter_map(|s| s.adapter).collect();
+        needed.dedup();
+        let slots = if needed.is_empty() { HashMap::new() } else { self.adapters.prepare(&needed, self.runner.model())? };
+        let mut logits = self.runner.execute(out, &slots)?;
         self.stats.steps += 1;
         self.stats.computed_tokens += out.total_tokens as u64;
         let mut sampled = Vec::with_capacity(logits.num_rows());

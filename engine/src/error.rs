@@ -22,6 +22,14 @@ pub enum EngineError {
     InvalidConfig { field: &'static str, reason: String },
     #[error(transparent)]
     Admit(#[from] crate::scheduler::AdmitError),
+    #[error("LoRA adapter `{0}` does not exist")]
+    UnknownAdapter(String),
+    #[error("a LoRA adapter named `{0}` is already loaded")]
+    AdapterExists(String),
+    #[error("invalid LoRA adapter: {0}")]
+    InvalidAdapter(flint_models::ModelError),
+    #[error("LoRA is not enabled on this server (start it with --enable-lora, --lora or --lora-dir)")]
+    LoraDisabled,
     #[error("the engine is shutting down")]
     Shutdown,
     #[error("engine step failed: {0}")]

@@ -9,13 +9,14 @@ use std::{
     thread::JoinHandle,
 };
 
-use flint_models::{load, load_dummy, GenerationConfig, KvCache, LoadOptions, ModelConfig};
+use flint_models::{load, load_dummy, GenerationConfig, KvCache, LoadOptions, LoraAdapter, ModelConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     core::{EngineCommand, EngineCore, EngineStats, Submission},
     error::{EngineError, Result},
-    ids::{AdapterId, RequestId},
+    ids::RequestId,
+    lora::{AdapterCatalog, AdapterInfo, LoraSettings},
     output::OutputStream,
     runner::ModelRunner,
     sampling::SamplingParams,
@@ -51,6 +52,8 @@ pub struct EngineConfig {
     /// Random weights made on the device instead of reading weight files (`--load-format
     /// dummy`): benchmarks at real sizes from a config.json alone.
     pub dummy_weights: bool,
+    /// LoRA slots and rank limit; `None`: no adapters.
+    pub lora: Option<LoraSettings>,
 }
 
 impl EngineConfig {
@@ -69,6 +72,7 @@ impl EngineConfig {
             kv_cache,
             prefix_caching: true,
             dummy_weights: false,
+            lora: None,
         }
     }
 }
@@ -85,12 +89,16 @@ pub struct EngineInfo {
     pub num_blocks: usize,
     pub kv_cache_bytes: u64,
     pub eos_ids: Vec<u32>,
+    pub lora: Option<LoraSettings>,
 }
 
 struct Inner {
     cmd: mpsc::UnboundedSender<EngineCommand>,
     tokenizer: Arc<Tokenizer>,
     info: EngineInfo,
+    /// Adapter names; locked while a request resolves its adapter and is sent, so a
+    /// request and an unload reach the engine thread in the order they happened here.
+    adapters: Mutex<AdapterCatalog>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -153,7 +161,14 @@ impl EngineHandle {
                 return Err(EngineError::StepFailed("the engine thread died while loading".into()));
             }
         };
-        let inner = Inner { cmd: cmd_tx, tokenizer, info, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)) };
+        let inner = Inner {
+            cmd: cmd_tx,
+            tokenizer,
+            info,
+            adapters: Mutex::new(AdapterCatalog::default()),
+            next_id: AtomicU64::new(1),
+            thread: Mutex::new(Some(thread)),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -171,13 +186,9 @@ impl EngineHandle {
         self.generate_with(prompt, params, None)
     }
 
-    /// [`Self::generate`] with a LoRA adapter.
-    pub fn generate_with(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-        adapter: Option<AdapterId>,
-    ) -> Result<OutputStream> {
+    /// [`Self::generate`] with the LoRA adapter loaded under the name `adapter`
+    /// ([`EngineError::UnknownAdapter`] if there is none).
+    pub fn generate_with(&self, prompt: Vec<u32>, params: SamplingParams, adapter: Option<&str>) -> Result<OutputStream> {
         let info = &self.inner.info;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -202,6 +213,11 @@ impl EngineHandle {
                 available: info.num_blocks,
             }));
         }
+        let catalog = self.catalog()?;
+        let adapter = match adapter {
+            Some(name) => Some(catalog.get(name)?.id),
+            None => None,
+        };
         let id = RequestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
         let stream = OutputStream::new(
@@ -215,7 +231,53 @@ impl EngineHandle {
         );
         let sub = Submission { id, prompt, params, adapter, events: tx };
         self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| EngineError::Shutdown)?;
+        drop(catalog);
         Ok(stream)
+    }
+
+    fn catalog(&self) -> Result<std::sync::MutexGuard<'_, AdapterCatalog>> {
+        self.inner.adapters.lock().map_err(|_| EngineError::StepFailed("adapter catalog poisoned".into()))
+    }
+
+    /// Reads and checks the PEFT adapter in `dir` (off the async runtime's threads), then
+    /// serves it as `name`. Nothing is registered if anything is wrong.
+    pub async fn load_adapter(&self, name: &str, dir: PathBuf) -> Result<AdapterInfo> {
+        let settings = self.inner.info.lora.ok_or(EngineError::LoraDisabled)?;
+        if self.catalog()?.contains(name) {
+            return Err(EngineError::AdapterExists(name.to_owned()));
+        }
+        let cfg = self.inner.info.model.clone();
+        let path = dir.clone();
+        let adapter = tokio::task::spawn_blocking(move || LoraAdapter::load(&path, &cfg, settings.max_lora_rank))
+            .await
+            .map_err(|e| EngineError::StepFailed(format!("adapter loading task failed: {e}")))?
+            .map_err(EngineError::InvalidAdapter)?;
+        let mut catalog = self.catalog()?;
+        let info = catalog.insert(name, dir, adapter.rank)?;
+        tracing::info!("LoRA adapter `{name}` loaded from {} (r={}, {} KiB)", info.path.display(), adapter.rank, adapter.size_bytes() / 1024);
+        if self.inner.cmd.send(EngineCommand::AddAdapter { id: info.id, adapter: Arc::new(adapter) }).is_err() {
+            let _ = catalog.remove(name);
+            return Err(EngineError::Shutdown);
+        }
+        Ok(info)
+    }
+
+    /// Stops serving adapter `name`: new requests for it are refused at once; requests
+    /// already using it finish first.
+    pub fn unload_adapter(&self, name: &str) -> Result<AdapterInfo> {
+        if self.inner.info.lora.is_none() {
+            return Err(EngineError::LoraDisabled);
+        }
+        let mut catalog = self.catalog()?;
+        let info = catalog.remove(name)?;
+        let _ = self.inner.cmd.send(EngineCommand::RemoveAdapter { id: info.id });
+        tracing::info!("LoRA adapter `{name}` unloaded");
+        Ok(info)
+    }
+
+    /// The loaded adapters, by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.catalog().map(|c| c.list()).unwrap_or_default()
     }
 
     /// Ends a request now (dropping its stream does the same).
@@ -233,8 +295,15 @@ impl EngineHandle {
 
 /// Loads the model, sizes and allocates the KV cache, and builds the engine thread's state.
 fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
-    let loaded =
+    let mut loaded =
         if cfg.dummy_weights { load_dummy(&cfg.model_dir, &cfg.load)? } else { load(&cfg.model_dir, &cfg.load)? };
+    if let Some(l) = cfg.lora {
+        if l.max_loras == 0 || l.max_lora_rank == 0 {
+            return Err(EngineError::InvalidConfig { field: "max_loras", reason: "max_loras and max_lora_rank must be >= 1".into() });
+        }
+        // Before the cache is sized, so the slots' memory is not counted twice on a GPU.
+        loaded.model.enable_lora(l.max_loras, l.max_lora_rank)?;
+    }
     let model_max = loaded.config.max_position_embeddings;
     let max_model_len = cfg.max_model_len.map_or(model_max, |m| m.min(model_max));
     let spec = loaded.model.kv_cache_spec();
@@ -281,6 +350,7 @@ fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
         num_blocks: num_blocks - 1,
         kv_cache_bytes,
         eos_ids: eos_ids.clone(),
+        lora: cfg.lora,
     };
     let scheduler = Scheduler::new(SchedulerConfig {
         max_num_seqs: cfg.max_num_seqs,
@@ -289,6 +359,7 @@ fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
         block_size: cfg.block_size,
         num_blocks,
         prefix_caching: cfg.prefix_caching,
+        max_loras: cfg.lora.map_or(0, |l| l.max_loras),
     });
     let runner = ModelRunner::new(loaded.model, kv, loaded.device);
     Ok((EngineCore::new(scheduler, runner, eos_ids), info))

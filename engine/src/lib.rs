@@ -12,6 +12,8 @@
 //! - [`SamplingParams`] / [`Sampler`]: checked sampling parameters and the token picker.
 //! - [`Tokenizer`]: tokenizer.json plus tokenizer_config.json settings (BOS, chat template).
 //! - [`Detokenizer`]: incremental, UTF-8-correct text deltas from token ids.
+//! - [`lora`]: LoRA adapters by name ([`AdapterInfo`]), loaded at runtime, leased by requests
+//!   and kept in the model's bounded slots ([`LoraSettings`]).
 //! - [`EngineError`]: this layer's one error type.
 
 pub mod core;
@@ -21,6 +23,7 @@ pub mod generate;
 pub mod handle;
 pub mod ids;
 pub mod kv;
+pub mod lora;
 pub mod memory;
 pub mod output;
 pub mod runner;
@@ -36,6 +39,7 @@ pub use core::EngineStats;
 pub use generate::{Completion, Generator, GeneratorOptions};
 pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvCacheBudget};
 pub use ids::{AdapterId, RequestId};
+pub use lora::{AdapterInfo, LoraSettings};
 pub use output::{OutputStream, SampleOutput, StreamDelta, TokenLogprob, Usage};
 pub use scheduler::{Finish, FinishReason, StopReason};
 pub use sampling::{Sampler, SamplingParams};

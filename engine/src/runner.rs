@@ -1,9 +1,11 @@
 //! [`ModelRunner`]: turns a [`SchedulerOutput`] into one varlen [`ForwardBatch`], runs one
 //! `Model::forward` over it, and hands back the logits of the rows that sample.
 
+use std::collections::HashMap;
+
 use flint_models::{Device, ForwardBatch, KvCache, LogitsRows, Model, ModelConfig, SeqInput};
 
-use crate::{error::Result, scheduler::SchedulerOutput};
+use crate::{error::Result, ids::AdapterId, scheduler::SchedulerOutput};
 
 /// The model, its KV cache and the device they live on.
 pub struct ModelRunner {
@@ -38,6 +40,10 @@ impl ModelRunner {
         self.model.config()
     }
 
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
     pub fn block_size(&self) -> usize {
         self.kv.block_size()
     }
@@ -46,8 +52,9 @@ impl ModelRunner {
         self.kv.num_blocks()
     }
 
-    /// Runs every scheduled sequence's new tokens in one forward pass.
-    pub fn execute(&mut self, out: &SchedulerOutput) -> Result<StepLogits> {
+    /// Runs every scheduled sequence's new tokens in one forward pass; sequences with an
+    /// adapter use its LoRA slot from `lora_slots`.
+    pub fn execute(&mut self, out: &SchedulerOutput, lora_slots: &HashMap<AdapterId, u32>) -> Result<StepLogits> {
         let vocab = self.model.config().vocab_size;
         if out.seqs.is_empty() {
             return Ok(StepLogits { data: Vec::new(), vocab });
@@ -62,7 +69,12 @@ impl ModelRunner {
                 logits: if s.samples { LogitsRows::Last } else { LogitsRows::None },
             })
             .collect();
-        let batch = ForwardBatch::new(&inputs, self.kv.block_size(), &self.device)?;
+        let mut batch = ForwardBatch::new(&inputs, self.kv.block_size(), &self.device)?;
+        if !lora_slots.is_empty() {
+            let slots: Vec<Option<u32>> =
+                out.seqs.iter().map(|s| s.adapter.and_then(|a| lora_slots.get(&a).copied())).collect();
+            batch.set_lora_slots(&slots)?;
+        }
         let logits = self.model.forward(&batch, &self.kv)?;
         let data = if batch.num_logits == 0 { Vec::new() } else { logits.flatten_all()?.to_vec1::<f32>()? };
         Ok(StepLogits { data, vocab })

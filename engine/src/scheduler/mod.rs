@@ -35,6 +35,8 @@ pub struct SchedulerConfig {
     /// KV blocks in the cache, the null block included.
     pub num_blocks: usize,
     pub prefix_caching: bool,
+    /// Distinct LoRA adapters among running sequences (the model's LoRA slots).
+    pub max_loras: usize,
 }
 
 /// Why a sequence cannot be queued.
@@ -217,6 +219,14 @@ impl Scheduler {
 
         // Then waiting sequences, first come first served; none while memory is short.
         if out.preempted.is_empty() && out.finished.is_empty() {
+            // Adapters already running; a sequence needing one more than the slots hold waits
+            // (later sequences with resident adapters may go first).
+            let mut adapters: Vec<AdapterId> = Vec::new();
+            for id in &self.running {
+                if let Some(a) = self.seqs[id].spec.adapter.filter(|a| !adapters.contains(a)) {
+                    adapters.push(a);
+                }
+            }
             let mut w = 0;
             while w < self.waiting.len() && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
                 let id = self.waiting[w];
@@ -225,6 +235,11 @@ impl Scheduler {
                     continue;
                 }
                 let seq = &self.seqs[&id];
+                let new_adapter = seq.spec.adapter.filter(|a| !adapters.contains(a));
+                if new_adapter.is_some() && adapters.len() >= self.cfg.max_loras {
+                    w += 1;
+                    continue;
+                }
                 let prefix = self.kv.find_cached_prefix(&seq.tokens, seq.spec.adapter);
                 let cached = prefix.num_tokens();
                 let n = (seq.tokens.len() - cached).min(budget);
@@ -241,6 +256,7 @@ impl Scheduler {
                 seq.started = true;
                 self.waiting.remove(w);
                 self.running.push(id);
+                adapters.extend(new_adapter);
                 out.seqs.push(self.scheduled(id, n));
                 budget -= n;
             }

@@ -13,6 +13,7 @@ fn cfg(num_blocks: usize, budget: usize) -> SchedulerConfig {
         block_size: 4,
         num_blocks,
         prefix_caching: true,
+        max_loras: 4,
     }
 }
 

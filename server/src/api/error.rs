@@ -119,6 +119,14 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Tokenize(_) => Self::invalid("prompt", msg),
             EngineError::Shutdown => Self::shutting_down(),
+            EngineError::UnknownAdapter(_) => {
+                let mut e = Self::not_found(msg);
+                e.code = Some("model_not_found".into());
+                e
+            }
+            EngineError::AdapterExists(_) => Self::invalid("lora_name", msg),
+            EngineError::InvalidAdapter(_) => Self::invalid("lora_path", msg),
+            EngineError::LoraDisabled => Self::bad_body(msg),
             EngineError::Model(_)
             | EngineError::Tokenizer { .. }
             | EngineError::InvalidConfig { .. }
