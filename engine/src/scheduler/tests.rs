@@ -228,3 +228,30 @@ fn max_num_seqs_caps_the_running_set() {
     assert_eq!(out.seqs.len(), 3);
     assert_eq!(s.stats().waiting, 2);
 }
+
+#[test]
+fn distinct_adapters_per_step_never_exceed_max_loras() {
+    let mut c = cfg(512, 256);
+    c.max_loras = 2;
+    let mut s = Scheduler::new(c);
+    // Six sequences over four adapters plus two on the base model.
+    for (i, a) in [Some(1), Some(2), Some(3), None, Some(1), Some(4), None].into_iter().enumerate() {
+        let mut n = seq(i as u64, 6, 5);
+        n.adapter = a.map(AdapterId);
+        s.add(n).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut outputs = 0;
+    while s.has_work() {
+        let out = s.schedule();
+        let mut distinct: Vec<AdapterId> = out.seqs.iter().filter_map(|x| x.adapter).collect();
+        distinct.sort_by_key(|a| a.0);
+        distinct.dedup();
+        assert!(distinct.len() <= 2, "{distinct:?}");
+        seen.extend(distinct);
+        let sampled: Vec<(SeqId, u32)> = out.seqs.iter().filter(|x| x.samples).map(|x| (x.id, 7)).collect();
+        outputs += s.update(&out, &sampled).iter().filter(|st| st.finish.is_some()).count();
+    }
+    assert_eq!(outputs, 7, "every sequence finishes");
+    assert_eq!(seen.len(), 4, "every adapter got its turn");
+}

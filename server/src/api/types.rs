@@ -296,6 +296,8 @@ pub struct Completion {
     pub system_fingerprint: Option<String>,
 }
 
+/// A served model: the base model (`parent: null`, `root`: its directory) or a LoRA adapter
+/// (`root`: the adapter's directory, `parent`: the base model's name), as in vLLM.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
@@ -303,6 +305,7 @@ pub struct ModelCard {
     pub created: i64,
     pub owned_by: &'static str,
     pub root: String,
+    pub parent: Option<String>,
     pub max_model_len: usize,
 }
 
@@ -324,4 +327,20 @@ pub struct ErrorDetail {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<String>,
+}
+
+/// `POST /v1/load_lora_adapter` (vLLM's body; `lora_int_id` and other fields are ignored).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct LoadLoraAdapterRequest {
+    /// The name clients will pass as `model`.
+    pub lora_name: String,
+    /// The PEFT adapter directory (adapter_config.json + adapter_model.safetensors), relative
+    /// to `--lora-dir` or absolute inside it.
+    pub lora_path: String,
+}
+
+/// `POST /v1/unload_lora_adapter`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct UnloadLoraAdapterRequest {
+    pub lora_name: String,
 }
