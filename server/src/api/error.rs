@@ -49,11 +49,14 @@ impl ApiError {
         e
     }
 
-    pub fn model_not_found(name: &str, served: &str) -> Self {
+    /// 404 for a `model` that is neither the base model nor a loaded adapter; `served` lists
+    /// the names that are.
+    pub fn model_not_found(name: &str, served: &[String]) -> Self {
+        let list = served.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
         let mut e = Self::new(
             StatusCode::NOT_FOUND,
             "not_found_error",
-            format!("the model `{name}` does not exist (served: `{served}`)"),
+            format!("the model `{name}` does not exist (served: {list})"),
         );
         e.param = Some("model".into());
         e.code = Some("model_not_found".into());

@@ -2,6 +2,7 @@
 //!
 //! - `openai/`: `/v1/chat/completions`, `/v1/completions` (stream or not), `/v1/models`;
 //! - `ops`: `/health`, `/ready`, `/openapi.json`, `/docs`;
+//! - `lora`: `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` (vLLM's), confined to `--lora-dir`;
 //! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
 //! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
 //!
@@ -9,13 +10,17 @@
 //! ([`flint_engine::SamplingParams`], token ids); the engine never sees JSON.
 
 pub mod error;
+pub mod lora;
 pub mod openai;
 pub mod ops;
 pub mod types;
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
-    Arc, RwLock,
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use axum::{
@@ -44,6 +49,27 @@ pub struct Served {
     pub created: i64,
 }
 
+impl Served {
+    /// What a request's `model` names: the base model (`None`) or the loaded LoRA adapter of
+    /// that name (`Some(name)`); 404 listing the served names otherwise.
+    pub fn resolve(&self, model: &str) -> Result<Option<String>, ApiError> {
+        if model == self.name {
+            return Ok(None);
+        }
+        if self.engine.adapters().iter().any(|a| a.name == model) {
+            return Ok(Some(model.to_owned()));
+        }
+        Err(self.not_found(model))
+    }
+
+    /// 404 for `model`, listing the base model and the loaded adapters.
+    pub fn not_found(&self, model: &str) -> ApiError {
+        let mut names = vec![self.name.clone()];
+        names.extend(self.engine.adapters().into_iter().map(|a| a.name));
+        ApiError::model_not_found(model, &names)
+    }
+}
+
 /// Server settings from the command line.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -54,6 +80,9 @@ pub struct ServerConfig {
     pub max_num_seqs: usize,
     pub max_body_bytes: usize,
     pub cors_origins: Vec<String>,
+    /// `--lora-dir`: the only place `POST /v1/load_lora_adapter` loads adapters from; without
+    /// it adapters can only be given at startup (`--lora`).
+    pub lora_dir: Option<PathBuf>,
 }
 
 /// Shared by every handler.
@@ -192,6 +221,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions::handler))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
+        .route("/v1/load_lora_adapter", post(lora::load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(lora::unload_lora_adapter))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi))

@@ -1,4 +1,5 @@
 //! Operational routes: `/health`, `/ready`, `/v1/models`, `/openapi.json`, `/docs`.
+//! `/v1/models` lists the base model, then each loaded LoRA adapter (`parent`: the base).
 
 use std::sync::Arc;
 
@@ -8,19 +9,42 @@ use axum::{
     response::{Html, IntoResponse, Response},
     Json,
 };
+use flint_engine::AdapterInfo;
 use utoipa::OpenApi;
 
 use super::{
     error::ApiError,
-    types::{ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorBody, ModelCard, ModelList},
+    types::{
+        ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorBody, LoadLoraAdapterRequest,
+        ModelCard, ModelList, UnloadLoraAdapterRequest,
+    },
     AppState, Served,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "flint", description = "OpenAI-compatible inference server"),
-    paths(chat_completions_doc, completions_doc, list_models, get_model, health, ready),
-    components(schemas(ChatCompletionRequest, ChatCompletion, CompletionRequest, Completion, ModelList, ErrorBody))
+    paths(
+        chat_completions_doc,
+        completions_doc,
+        list_models,
+        get_model,
+        super::lora::load_lora_adapter,
+        super::lora::unload_lora_adapter,
+        health,
+        ready
+    ),
+    components(schemas(
+        ChatCompletionRequest,
+        ChatCompletion,
+        CompletionRequest,
+        Completion,
+        ModelList,
+        ModelCard,
+        LoadLoraAdapterRequest,
+        UnloadLoraAdapterRequest,
+        ErrorBody
+    ))
 )]
 struct ApiDoc;
 
@@ -43,25 +67,43 @@ fn card(s: &Served) -> ModelCard {
         created: s.created,
         owned_by: "flint",
         root: s.engine.info().model_dir.display().to_string(),
+        parent: None,
         max_model_len: s.engine.info().max_model_len,
     }
 }
 
-/// The served models.
+fn adapter_card(s: &Served, a: &AdapterInfo) -> ModelCard {
+    ModelCard {
+        id: a.name.clone(),
+        object: "model",
+        created: i64::try_from(a.created).unwrap_or(i64::MAX),
+        owned_by: "flint",
+        root: a.path.display().to_string(),
+        parent: Some(s.name.clone()),
+        max_model_len: s.engine.info().max_model_len,
+    }
+}
+
+/// The served models: the base model, then the loaded LoRA adapters by name.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let served = state.model()?;
-    Ok(Json(ModelList { object: "list", data: vec![card(&served)] }))
+    let mut data = vec![card(&served)];
+    data.extend(served.engine.adapters().iter().map(|a| adapter_card(&served, a)));
+    Ok(Json(ModelList { object: "list", data }))
 }
 
 /// One model.
 #[utoipa::path(get, path = "/v1/models/{id}", responses((status = 200, body = ModelCard), (status = 404, body = ErrorBody)))]
 pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
     let served = state.model()?;
-    if id != served.name {
-        return Err(ApiError::model_not_found(&id, &served.name));
+    if id == served.name {
+        return Ok(Json(card(&served)));
     }
-    Ok(Json(card(&served)))
+    match served.engine.adapters().iter().find(|a| a.name == id) {
+        Some(a) => Ok(Json(adapter_card(&served, a))),
+        None => Err(served.not_found(&id)),
+    }
 }
 
 /// The process is alive.

@@ -1,10 +1,10 @@
-//! Engine flags shared by the commands that start an engine (`run`, later `serve`), named as in
-//! vLLM.
+//! Engine flags shared by the commands that start an engine (`run`, `serve`), and the LoRA
+//! flags of `serve` ([`LoraArgs`]), named as in vLLM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget};
+use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget, LoraSettings};
 
 /// Where the weights come from.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,80 @@ impl EngineArgs {
     }
 }
 
+/// LoRA adapters (`flint serve`), as in vLLM. LoRA is on when any of `--enable-lora`, `--lora`
+/// or `--lora-dir` is given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LoraArgs {
+    /// Serve LoRA adapters (implied by --lora and --lora-dir).
+    #[arg(long, env = "FLINT_ENABLE_LORA")]
+    pub enable_lora: bool,
+    /// Serve the PEFT adapter in PATH as model NAME from the start (repeatable, or several
+    /// after one flag; comma-separated in the variable). A relative PATH is taken in --lora-dir
+    /// when given.
+    #[arg(long = "lora", visible_alias = "lora-modules", env = "FLINT_LORA", value_name = "NAME=PATH",
+        value_parser = parse_lora_module, num_args = 1.., value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub lora: Vec<LoraModule>,
+    /// Let clients load adapters at runtime (`POST /v1/load_lora_adapter`), from this
+    /// directory only; without it adapters come from --lora alone.
+    #[arg(long, env = "FLINT_LORA_DIR", value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// Adapters resident at once, and so distinct adapters in one batch.
+    #[arg(long, env = "FLINT_MAX_LORAS", default_value_t = LoraSettings::default().max_loras, value_parser = parse_positive)]
+    pub max_loras: usize,
+    /// Largest adapter rank accepted.
+    #[arg(long, env = "FLINT_MAX_LORA_RANK", default_value_t = LoraSettings::default().max_lora_rank, value_parser = parse_positive)]
+    pub max_lora_rank: usize,
+}
+
+/// One `--lora NAME=PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraModule {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl LoraArgs {
+    /// The engine's LoRA settings; `None` when LoRA is off.
+    pub fn settings(&self) -> Option<LoraSettings> {
+        let on = self.enable_lora || !self.lora.is_empty() || self.lora_dir.is_some();
+        on.then_some(LoraSettings { max_loras: self.max_loras, max_lora_rank: self.max_lora_rank })
+    }
+
+    /// The `--lora` adapters with their paths resolved (relative ones in `--lora-dir`).
+    pub fn modules(&self) -> Vec<LoraModule> {
+        self.lora
+            .iter()
+            .map(|m| {
+                let path = match &self.lora_dir {
+                    Some(dir) if m.path.is_relative() => dir.join(&m.path),
+                    _ => m.path.clone(),
+                };
+                LoraModule { name: m.name.clone(), path }
+            })
+            .collect()
+    }
+}
+
+/// `NAME=PATH` → a [`LoraModule`].
+pub fn parse_lora_module(s: &str) -> Result<LoraModule, String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=PATH"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("the adapter name (before `=`) is empty in `{s}`; expected NAME=PATH"));
+    }
+    if path.trim().is_empty() {
+        return Err(format!("the adapter path (after `=`) is empty in `{s}`; expected NAME=PATH"));
+    }
+    Ok(LoraModule { name: name.to_owned(), path: PathBuf::from(path) })
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number >= 1")),
+    }
+}
+
 /// `2GiB`, `512MiB`, `1.5G`, `100k`, `4096` → bytes (binary units, as vLLM's `--kv-cache-memory`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -86,7 +160,65 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        lora: LoraArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<LoraArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flint").chain(args.iter().copied())).map(|c| c.lora)
+    }
+
+    fn module(name: &str, path: &str) -> LoraModule {
+        LoraModule { name: name.into(), path: path.into() }
+    }
+
+    #[test]
+    fn lora_flags_parse() {
+        // Off by default; vLLM's limits.
+        let off = parse(&[]).unwrap();
+        assert_eq!(off.settings(), None);
+        assert_eq!((off.max_loras, off.max_lora_rank), (1, 16));
+        let on = parse(&["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]).unwrap();
+        assert_eq!(on.settings(), Some(LoraSettings { max_loras: 4, max_lora_rank: 64 }));
+        assert!(parse(&["--lora-dir", "/srv/adapters"]).unwrap().settings().is_some());
+
+        // --lora NAME=PATH, repeated or several at once, and vLLM's --lora-modules; relative
+        // paths are taken in --lora-dir.
+        let a = parse(&["--lora", "sql=/a/sql", "--lora-modules", "chat=chat", "x=y=z", "--lora-dir", "/srv"]).unwrap();
+        assert_eq!(a.lora, [module("sql", "/a/sql"), module("chat", "chat"), module("x", "y=z")]);
+        assert_eq!(a.modules(), [module("sql", "/a/sql"), module("chat", "/srv/chat"), module("x", "/srv/y=z")]);
+        assert!(a.settings().is_some());
+        let plain = parse(&["--lora", "chat=rel/chat"]).unwrap();
+        assert_eq!(plain.modules(), [module("chat", "rel/chat")]);
+
+        for bad in ["nopath", "=/a", " =/a", "name="] {
+            let e = parse(&["--lora", bad]).unwrap_err().to_string();
+            assert!(e.contains("--lora") && e.contains("NAME=PATH"), "{bad}: {e}");
+        }
+        assert!(parse(&["--max-loras", "0"]).unwrap_err().to_string().contains("--max-loras"));
+        assert!(parse(&["--max-lora-rank", "x"]).is_err());
+    }
+
+    #[test]
+    fn lora_flags_from_the_environment() {
+        // The only test reading these variables.
+        std::env::set_var("FLINT_LORA", "a=/x/a,b=b");
+        std::env::set_var("FLINT_LORA_DIR", "/srv");
+        std::env::set_var("FLINT_MAX_LORAS", "3");
+        let got = parse(&[]);
+        for v in ["FLINT_LORA", "FLINT_LORA_DIR", "FLINT_MAX_LORAS"] {
+            std::env::remove_var(v);
+        }
+        let got = got.unwrap();
+        assert_eq!(got.modules(), [module("a", "/x/a"), module("b", "/srv/b")]);
+        assert_eq!(got.settings(), Some(LoraSettings { max_loras: 3, max_lora_rank: 16 }));
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -1,6 +1,7 @@
 //! `flint serve`: the OpenAI-compatible HTTP server. It listens at once (`/health` answers,
 //! `/ready` is 503) while the model loads, then serves; SIGTERM/SIGINT stop new requests and
-//! let in-flight ones finish before the process exits.
+//! let in-flight ones finish before the process exits. `--lora` adapters are loaded before the
+//! server reports ready; startup fails if one cannot be.
 
 use std::net::SocketAddr;
 
@@ -11,9 +12,9 @@ use flint_engine::{
     EngineHandle,
 };
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{EngineArgs, LoraArgs};
 use crate::{
-    api::{self, AppState, Served, ServerConfig},
+    api::{self, lora::check_name, AppState, Served, ServerConfig},
     chat_template::ChatTemplate,
 };
 
@@ -48,6 +49,8 @@ pub struct ServeArgs {
     pub dtype: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub lora: LoraArgs,
 }
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
@@ -62,13 +65,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let name = args.served_model_name.clone().unwrap_or_else(|| {
         dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
     });
-    let cfg = args.engine.config(&dir, load);
+    let mut cfg = args.engine.config(&dir, load);
+    cfg.lora = args.lora.settings();
+    let lora_dir = match &args.lora.lora_dir {
+        Some(d) if !d.is_dir() => anyhow::bail!("--lora-dir {} is not a directory", d.display()),
+        Some(d) => Some(std::fs::canonicalize(d).with_context(|| format!("--lora-dir {}", d.display()))?),
+        None => None,
+    };
+    let adapters = args.lora.modules();
+    for m in &adapters {
+        check_name(&name, &m.name).map_err(|e| anyhow::anyhow!("--lora {}={}: {}", m.name, m.path.display(), e.message))?;
+    }
     let state = AppState::new(ServerConfig {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_waiting_requests: args.max_waiting_requests,
         max_num_seqs: cfg.max_num_seqs,
         max_body_bytes: args.max_body_bytes,
         cors_origins: args.cors_origin.clone(),
+        lora_dir,
     });
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -99,6 +113,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(Served { engine, name, template, created: chrono::Utc::now().timestamp() })
     });
     let served = loading.await.context("the loading task failed")??;
+    for m in adapters {
+        served
+            .engine
+            .load_adapter(&m.name, m.path.clone())
+            .await
+            .with_context(|| format!("loading LoRA adapter `{}` (--lora) from {}", m.name, m.path.display()))?;
+    }
     tracing::info!("ready: serving `{}` at http://{addr}/v1", served.name);
     state.set_model(served);
     server.await.context("the server task failed")?.context("the HTTP server failed")?;

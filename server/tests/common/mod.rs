@@ -3,14 +3,18 @@
 
 #![allow(dead_code)]
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
     http::{header, HeaderMap, Request, StatusCode},
     Router,
 };
-use flint_engine::{models::LoadOptions, EngineConfig, EngineHandle, KvCacheBudget};
+use flint_engine::{models::LoadOptions, EngineConfig, EngineHandle, KvCacheBudget, LoraSettings};
 use flint_server::{
     api::{self, AppState, Served, ServerConfig},
     chat_template::ChatTemplate,
@@ -41,9 +45,15 @@ pub fn model_dir() -> TempDir {
 }
 
 pub fn served(dir: &Path) -> Served {
+    served_with(dir, None)
+}
+
+/// [`served`] with LoRA on (`lora`) or off (`None`).
+pub fn served_with(dir: &Path, lora: Option<LoraSettings>) -> Served {
     let mut cfg = EngineConfig::new(dir, LoadOptions { device: flint_engine::models::Device::Cpu, dtype: None });
     cfg.kv_cache = KvCacheBudget::Blocks(512);
     cfg.block_size = 4;
+    cfg.lora = lora;
     let engine = EngineHandle::start(cfg).expect("the tiny model loads");
     let template = ChatTemplate::from_tokenizer_config(&engine.tokenizer().template_config()).unwrap();
     assert!(template.is_some());
@@ -57,6 +67,7 @@ pub fn config() -> ServerConfig {
         max_num_seqs: 8,
         max_body_bytes: 1 << 20,
         cors_origins: Vec::new(),
+        lora_dir: None,
     }
 }
 
@@ -65,13 +76,50 @@ pub struct Server {
     pub app: Router,
     pub state: Arc<AppState>,
     _dir: TempDir,
+    /// `--lora-dir` of [`lora_server`].
+    pub lora_dir: Option<TempDir>,
 }
 
 pub fn server_with(cfg: ServerConfig) -> Server {
     let dir = model_dir();
     let state = AppState::new(cfg);
     state.set_model(served(dir.path()));
-    Server { app: api::router(state.clone()), state, _dir: dir }
+    Server { app: api::router(state.clone()), state, _dir: dir, lora_dir: None }
+}
+
+/// The committed PEFT adapters for the tiny model, and their `reference.json`.
+pub fn lora_fixtures() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/lora/llama-gqa-tied")).to_path_buf()
+}
+
+/// The fixture adapters' names.
+pub const ADAPTERS: [&str; 3] = ["attn-r8", "all-r16-rslora", "mlp-r4"];
+
+/// A directory holding copies of the fixture adapters (one subdirectory each).
+pub fn adapter_dir() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ADAPTERS {
+        copy_adapter(&lora_fixtures().join(name), &dir.path().join(name));
+    }
+    dir
+}
+
+/// Copies an adapter directory's two files.
+pub fn copy_adapter(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+}
+
+/// A server with LoRA on (2 slots, rank <= 16) and `--lora-dir` holding the fixture adapters
+/// (none loaded yet).
+pub fn lora_server() -> Server {
+    let lora = adapter_dir();
+    let dir = model_dir();
+    let state = AppState::new(ServerConfig { lora_dir: Some(lora.path().to_path_buf()), ..config() });
+    state.set_model(served_with(dir.path(), Some(LoraSettings { max_loras: 2, max_lora_rank: 16 })));
+    Server { app: api::router(state.clone()), state, _dir: dir, lora_dir: Some(lora) }
 }
 
 pub fn server() -> Server {

@@ -11,8 +11,8 @@ use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::{
-    admit, chat_logprobs, collect_deltas, forward_all, new_id, now, sampling_params, sse_response, stop_reason, usage,
-    write_chunks, TokenNames, MAX_TOP_LOGPROBS,
+    admit, chat_logprobs, collect_deltas, forward_all, generate, new_id, now, sampling_params, sse_response, stop_reason,
+    usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::{
     api::{
@@ -88,7 +88,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let (served, permit) = admit(&state, &req.model)?;
+    let (served, adapter, permit) = admit(&state, &req.model)?;
     let template = served
         .template
         .as_ref()
@@ -112,9 +112,10 @@ pub async fn handler(
     let info = served.engine.info();
     let params = sampling_params(&req.sampling(), max_tokens, logprobs, ids.len(), info.max_model_len)?;
     let n = params.n;
-    let stream = served.engine.generate(ids, params)?;
+    let stream = generate(&served, adapter.as_deref(), ids, params)?;
     let id = new_id("chatcmpl");
-    let (created, model) = (now(), served.name.clone());
+    // An adapter answers under its own name, as in vLLM.
+    let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
     let rx = forward_all(vec![stream]);
 
     if !req.stream {

@@ -12,8 +12,8 @@ use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::{
-    admit, collect_deltas, completion_logprobs, forward_all, new_id, now, sampling_params, sse_response, stop_reason,
-    usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
+    admit, collect_deltas, completion_logprobs, forward_all, generate, new_id, now, sampling_params, sse_response,
+    stop_reason, usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
 };
 use crate::api::{
     error::ApiError,
@@ -47,7 +47,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let (served, permit) = admit(&state, &req.model)?;
+    let (served, adapter, permit) = admit(&state, &req.model)?;
     let tok = served.engine.tokenizer().clone();
     let as_ids = req.return_tokens_as_token_ids;
     let prompt_ids = prompts(&tok, &req.prompt)?;
@@ -69,11 +69,13 @@ pub async fn handler(
         n = params.n;
         echoes.push(if req.echo { tok.decode(&ids)? } else { String::new() });
         // Engine requests queued so far are aborted if a later prompt is refused (streams drop).
-        streams.push(served.engine.generate(ids, params)?);
+        // Every prompt (and so each of its `n` samples) runs on the requested adapter.
+        streams.push(generate(&served, adapter.as_deref(), ids, params)?);
     }
     let num_choices = streams.len() * n;
     let id = new_id("cmpl");
-    let (created, model) = (now(), served.name.clone());
+    // An adapter answers under its own name, as in vLLM.
+    let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
     let rx = forward_all(streams);
     let mut offsets = vec![0usize; num_choices];
     let mut echoed = vec![false; num_choices];

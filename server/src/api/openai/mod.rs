@@ -35,13 +35,26 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:024x}", n & ((1u128 << 96) - 1))
 }
 
-/// Checks `model` and takes an admission permit.
-pub fn admit(state: &Arc<AppState>, model: &str) -> Result<(Arc<Served>, Permit), ApiError> {
+/// Resolves `model` (the base model: `None`; a loaded LoRA adapter: `Some(its name)`; 404
+/// otherwise) and takes an admission permit.
+pub fn admit(state: &Arc<AppState>, model: &str) -> Result<(Arc<Served>, Option<String>, Permit), ApiError> {
     let served = state.model()?;
-    if model != served.name {
-        return Err(ApiError::model_not_found(model, &served.name));
-    }
-    Ok((served, state.admit()?))
+    let adapter = served.resolve(model)?;
+    Ok((served, adapter, state.admit()?))
+}
+
+/// Queues one engine request on the base model or on `adapter`. An adapter unloaded since
+/// [`admit`] is a 404 for `model`, like any unknown name.
+pub fn generate(
+    served: &Served,
+    adapter: Option<&str>,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+) -> Result<OutputStream, ApiError> {
+    served.engine.generate_with(prompt, params, adapter).map_err(|e| match (e, adapter) {
+        (EngineError::UnknownAdapter(_), Some(name)) => served.not_found(name),
+        (e, _) => e.into(),
+    })
 }
 
 fn non_negative(field: &'static str, v: i64) -> Result<usize, ApiError> {
