@@ -3,7 +3,8 @@
 //
 //   x            [num_tokens, d_in], contiguous, storage type T
 //   a            [num_slots, max_rank, d_in]   (stacked A, zero-padded past each slot's rank)
-//   b            [num_slots, d_out, max_rank]  (stacked B, likewise)
+//   b            [num_slots, max_rank, d_out]  (stacked B transposed, likewise; consecutive
+//                outputs are adjacent, so the expand reads coalesce)
 //   out          [num_tokens, d_out], type T
 //   mid          f32 [num_tokens, max_rank]
 //   token_slots  u32 [num_tokens]: a slot index, or 0xffffffff (NO_SLOT) for no adapter
@@ -21,7 +22,7 @@
 //   warps); warp w of CUDA block (t, y) computes rank value r = y * warps + w of token t.
 //
 // lora_expand_{T}(out, mid, b, token_slots, slot_params, num_slots, max_rank, d_out)
-//   out[t][o] = T(sum_{r < rank} b[s][o][r] * mid[t][r]), in order of r.
+//   out[t][o] = T(sum_{r < rank} b[s][r][o] * mid[t][r]), in order of r.
 //   grid = (num_tokens, ceil(d_out / threads)), any 1-D block; each thread one output o, the
 //   token's rank values staged through shared memory in chunks of 256.
 
@@ -86,8 +87,8 @@ __device__ void lora_expand(T* __restrict__ out, const float* __restrict__ mid,
     for (int i = threadIdx.x; i < n; i += blockDim.x) sm_mid[i] = mt[r0 + i];
     __syncthreads();
     if (o < d_out) {
-      const T* bo = b + ((int64_t)s * d_out + o) * max_rank + r0;
-      for (int i = 0; i < n; ++i) acc += to_float(bo[i]) * sm_mid[i];
+      const T* bo = b + ((int64_t)s * max_rank + r0) * d_out + o;
+      for (int i = 0; i < n; ++i) acc += to_float(bo[(int64_t)i * d_out]) * sm_mid[i];
     }
   }
   if (o < d_out) out[(int64_t)t * d_out + o] = from_float<T>(acc);

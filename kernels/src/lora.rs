@@ -3,7 +3,9 @@
 //! (and the base model) without merging anything into the base weights.
 //!
 //! For token `t` in slot `s = token_slots[t]` the delta is
-//! `scale[s] * B[s][:, ..rank[s]] @ (A[s][..rank[s], :] @ x[t])`; tokens with
+//! `scale[s] * Bt[s][..rank[s], :]ᵀ @ (A[s][..rank[s], :] @ x[t])`, where `Bt` holds each
+//! adapter's B transposed (`[rank, out]`, so the expand step is a run of contiguous
+//! multiply-adds over the outputs); tokens with
 //! [`NO_SLOT`], or whose slot has scale 0 for this layer (adapter absent or not targeting it),
 //! get zeros.
 
@@ -51,32 +53,71 @@ pub(crate) struct LoraDelta<'a> {
     pub(crate) slots: &'a [SlotParams],
 }
 
+/// Tokens per work item: a run of consecutive tokens in one slot (a prefill chunk) reads each
+/// A and B row once for all of them instead of once per token.
+const RUN: usize = 8;
+
 impl LoraDelta<'_> {
     fn run<T: Elem>(&self, x: &[T], a: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
         let (max_rank, d_in, d_out) = dims;
-        let mut out = vec![T::from_f32(0.0); self.tokens.token_slots.len() * d_out];
-        out.par_chunks_mut(d_out).enumerate().for_each(|(t, row)| {
-            let s = self.tokens.token_slots[t];
-            let Some(p) = self.slots.get(s as usize).filter(|p| p.scale != 0.0) else { return };
-            let (s, rank) = (s as usize, (p.rank as usize).min(max_rank));
-            let xt = &x[t * d_in..][..d_in];
-            let a_s = &a[s * max_rank * d_in..];
-            // shrink: rank values, scaled once here instead of per output
-            let mid: Vec<f32> =
-                (0..rank).map(|r| p.scale * dot(&a_s[r * d_in..][..d_in], xt)).collect();
-            // expand
-            let b_s = &b[s * d_out * max_rank..];
-            for (o, y) in row.iter_mut().enumerate() {
-                let brow = &b_s[o * max_rank..][..rank];
-                *y = T::from_f32(brow.iter().zip(&mid).map(|(w, m)| w.to_f32() * m).sum());
+        let slots = &self.tokens.token_slots;
+        let mut out = vec![T::from_f32(0.0); slots.len() * d_out];
+        // Work items: (first token, slot, params) over runs of up to RUN tokens in one active
+        // slot; tokens without an active slot keep their zero rows.
+        let mut items: Vec<(usize, usize, SlotParams)> = Vec::new();
+        let mut rows: Vec<&mut [T]> = Vec::new();
+        let mut rest: &mut [T] = &mut out;
+        let mut t = 0;
+        while t < slots.len() {
+            let s = slots[t];
+            let active = self.slots.get(s as usize).copied().filter(|p| p.scale != 0.0);
+            let mut n = 1;
+            while t + n < slots.len() && n < RUN && slots[t + n] == s {
+                n += 1;
+            }
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n * d_out);
+            rest = tail;
+            if let Some(p) = active {
+                items.push((t, s as usize, p));
+                rows.push(head);
+            }
+            t += n;
+        }
+        items.into_par_iter().zip(rows).for_each(|((t0, s, p), rows)| {
+            let n = rows.len() / d_out;
+            let rank = (p.rank as usize).min(max_rank);
+            let xs = &x[t0 * d_in..][..n * d_in];
+            // shrink: mid[j][r] = scale * A[s][r] . x[t0 + j]
+            let mut mid = vec![0f32; n * rank];
+            for r in 0..rank {
+                let arow = &a[(s * max_rank + r) * d_in..][..d_in];
+                for (j, xt) in xs.chunks_exact(d_in).enumerate() {
+                    mid[j * rank + r] = p.scale * dot(arow, xt);
+                }
+            }
+            // expand: out[j] = sum_r mid[j][r] * Bt[s][r], accumulated in f32
+            let mut acc = vec![0f32; d_out];
+            for j in 0..n {
+                acc.iter_mut().for_each(|v| *v = 0.0);
+                for r in 0..rank {
+                    let m = mid[j * rank + r];
+                    let brow = &b[(s * max_rank + r) * d_out..][..d_out];
+                    for (v, w) in acc.iter_mut().zip(brow) {
+                        *v += m * w.to_f32();
+                    }
+                }
+                for (y, v) in rows[j * d_out..][..d_out].iter_mut().zip(&acc) {
+                    *y = T::from_f32(*v);
+                }
             }
         });
         out
     }
 }
 
-/// f32 dot product over eight partial sums (vectorizes).
-fn dot<T: Elem>(a: &[T], b: &[T]) -> f32 {
+/// f32 dot product over eight partial sums, so it vectorizes (one running sum is a chain of
+/// dependent adds, several times slower).
+fn dot<T: Elem, U: Elem>(a: &[T], b: &[U]) -> f32 {
     const L: usize = 8;
     let mut acc = [0f32; L];
     let n = a.len() - a.len() % L;
@@ -87,6 +128,7 @@ fn dot<T: Elem>(a: &[T], b: &[T]) -> f32 {
     }
     acc.iter().sum::<f32>() + a[n..].iter().zip(&b[n..]).map(|(x, y)| x.to_f32() * y.to_f32()).sum::<f32>()
 }
+
 
 impl CustomOp3 for LoraDelta<'_> {
     fn name(&self) -> &'static str {
@@ -103,7 +145,7 @@ impl CustomOp3 for LoraDelta<'_> {
         b_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, max_rank, d_in) = a_l.shape().dims3()?;
-        let (_, d_out, _) = b_l.shape().dims3()?;
+        let (_, _, d_out) = b_l.shape().dims3()?;
         let dims = (max_rank, d_in, d_out);
         macro_rules! run {
             ($v:ident, $x:expr, $a:expr, $b:expr) => {
@@ -139,14 +181,14 @@ impl CustomOp3 for LoraDelta<'_> {
 }
 
 /// The LoRA deltas of a batch: `x` `[num_tokens, d_in]`, stacked adapters `a`
-/// `[num_slots, max_rank, d_in]` and `b` `[num_slots, d_out, max_rank]` (zero-padded past each
-/// adapter's rank), one slot per token in `tokens`, per-slot `slots` parameters for this layer.
+/// `[num_slots, max_rank, d_in]` (A) and `b` `[num_slots, max_rank, d_out]` (B transposed),
+/// zero-padded past each adapter's rank, one slot per token in `tokens`, per-slot `slots` parameters for this layer.
 /// Returns `[num_tokens, d_out]` in x's dtype (f32/f16/bf16, the same for all three); rows of
 /// tokens without an active adapter are zero. Accumulates in f32.
 pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &LoraTokens, slots: &[SlotParams]) -> Result<Tensor> {
     let (t, d_in) = x.dims2()?;
     let (num_slots, max_rank, a_in) = a.dims3()?;
-    let (b_slots, _, b_rank) = b.dims3()?;
+    let (b_slots, b_rank, _) = b.dims3()?;
     if a_in != d_in || b_slots != num_slots || b_rank != max_rank || tokens.token_slots.len() != t || slots.len() != num_slots {
         candle_core::bail!(
             "lora_delta: x {:?}, A {:?}, B {:?}, {} token slots and {} slot params disagree",

@@ -202,7 +202,7 @@ fn lora_delta_matches_cpu() {
         for (num_slots, max_rank, d_in, d_out) in [(4, 16, 576, 1536), (2, 8, 896, 128), (8, 64, 4096, 4096)] {
             // Padding past each rank is random, not zero: the kernels must respect the ranks.
             let a = rand(11, &[num_slots, max_rank, d_in], dtype);
-            let b = rand(12, &[num_slots, d_out, max_rank], dtype);
+            let b = rand(12, &[num_slots, max_rank, d_out], dtype);
             let (ga, gb) = (on(&a), on(&b));
             // Mixed ranks (slot 0 one short of the maximum, odd slots full, the rest about half)
             // and the last slot at scale 0 (an adapter not targeting this layer).

@@ -22,7 +22,7 @@ fn int(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| candle_core::Error::msg(format!("lora_delta: {what} {n} too large for the CUDA kernel")))
 }
 
-/// `lora_delta` on the GPU: x `[T, d_in]`, a `[S, R, d_in]`, b `[S, d_out, R]` → `[T, d_out]`.
+/// `lora_delta` on the GPU: x `[T, d_in]`, a `[S, R, d_in]`, b `[S, R, d_out]` (B transposed) → `[T, d_out]`.
 pub(crate) fn delta(
     tokens: &LoraTokens,
     slots: &[SlotParams],
@@ -32,7 +32,7 @@ pub(crate) fn delta(
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device.clone();
     let (num_slots, max_rank, d_in) = a_l.shape().dims3()?;
-    let (_, d_out, _) = b_l.shape().dims3()?;
+    let (_, _, d_out) = b_l.shape().dims3()?;
     let num_tokens = tokens.token_slots.len();
     let shape = Shape::from((num_tokens, d_out));
     let sfx = suffix(x.dtype())?;

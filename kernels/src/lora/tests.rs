@@ -15,9 +15,9 @@ fn rand(seed: u64, shape: &[usize]) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
 }
 
-/// `scale * x_t @ A[..r]^T @ B[:, ..r]^T` token by token.
+/// `scale * x_t @ A[..r]^T @ Bt[..r]` token by token.
 fn dense(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &[u32], slots: &[SlotParams]) -> Tensor {
-    let d_out = b.dim(1).unwrap();
+    let d_out = b.dim(2).unwrap();
     let rows: Vec<Tensor> = tokens
         .iter()
         .enumerate()
@@ -28,9 +28,9 @@ fn dense(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &[u32], slots: &[SlotParams
             }
             let r = p.rank as usize;
             let a_s = a.i((s as usize, ..r, ..)).unwrap();
-            let b_s = b.i((s as usize, .., ..r)).unwrap();
+            let b_s = b.i((s as usize, ..r, ..)).unwrap();
             let xt = x.i((t..t + 1, ..)).unwrap();
-            (xt.matmul(&a_s.t().unwrap()).unwrap().matmul(&b_s.t().unwrap()).unwrap() * p.scale as f64).unwrap()
+            (xt.matmul(&a_s.t().unwrap()).unwrap().matmul(&b_s).unwrap() * p.scale as f64).unwrap()
         })
         .collect();
     Tensor::cat(&rows, 0).unwrap()
@@ -40,7 +40,7 @@ fn dense(x: &Tensor, a: &Tensor, b: &Tensor, tokens: &[u32], slots: &[SlotParams
 fn mixed_slots_match_dense_per_token_matmuls() {
     let (slots_n, max_rank, d_in, d_out) = (3, 8, 24, 40);
     let a = rand(1, &[slots_n, max_rank, d_in]);
-    let b = rand(2, &[slots_n, d_out, max_rank]);
+    let b = rand(2, &[slots_n, max_rank, d_out]);
     let x = rand(3, &[7, d_in]);
     let tokens = vec![0, NO_SLOT, 2, 1, 1, 2, NO_SLOT];
     // Slot 1 uses rank 4 of 8 (the padding rows hold garbage here, which must be ignored);
@@ -65,7 +65,7 @@ fn mixed_slots_match_dense_per_token_matmuls() {
 #[test]
 fn inconsistent_inputs_are_errors() {
     let a = rand(1, &[2, 4, 8]);
-    let b = rand(2, &[2, 6, 4]);
+    let b = rand(2, &[2, 4, 6]);
     let x = rand(3, &[3, 8]);
     let ok = [SlotParams { scale: 1.0, rank: 4 }; 2];
     assert!(lora_delta(&x, &a, &b, &LoraTokens::new(vec![0, 1, NO_SLOT]), &ok).is_ok());

@@ -1,6 +1,6 @@
 //! [`Proj`]: a projection of the decoder (q/k/v/o, gate/up/down) that can also add per-token
-//! LoRA deltas. The adapters live in stacked slot tensors (`A [slots, max_rank, in]`,
-//! `B [slots, out, max_rank]`, zero-padded past each adapter's rank); each token picks its
+//! LoRA deltas. The adapters live in stacked slot tensors (`A [slots, max_rank, in]` and B
+//! transposed, `[slots, max_rank, out]`, zero-padded past each adapter's rank); each token picks its
 //! slot, so one pass serves many adapters and the base weights are never modified.
 
 use std::sync::Mutex;
@@ -53,7 +53,7 @@ impl Proj {
     pub fn enable_lora(&mut self, slots: usize, max_rank: usize, dtype: DType, device: &Device) -> Result<()> {
         self.lora = Some(LoraStack {
             a: Tensor::zeros((slots, max_rank, self.d_in), dtype, device)?,
-            b: Tensor::zeros((slots, self.d_out, max_rank), dtype, device)?,
+            b: Tensor::zeros((slots, max_rank, self.d_out), dtype, device)?,
             params: Mutex::new(vec![SlotParams::default(); slots]),
         });
         Ok(())
@@ -78,9 +78,9 @@ impl Proj {
         }
         let (dtype, dev) = (stack.a.dtype(), stack.a.device().clone());
         let pad_a = Tensor::zeros((max_rank - r, self.d_in), DType::F32, a.device())?;
-        let pad_b = Tensor::zeros((self.d_out, max_rank - r), DType::F32, b.device())?;
+        let pad_b = Tensor::zeros((max_rank - r, self.d_out), DType::F32, b.device())?;
         let a = Tensor::cat(&[&a.to_dtype(DType::F32)?, &pad_a], 0)?;
-        let b = Tensor::cat(&[&b.to_dtype(DType::F32)?, &pad_b], 1)?;
+        let b = Tensor::cat(&[&b.to_dtype(DType::F32)?.t()?, &pad_b], 0)?;
         stack.a.slice_set(&a.to_dtype(dtype)?.to_device(&dev)?.unsqueeze(0)?, 0, slot)?;
         stack.b.slice_set(&b.to_dtype(dtype)?.to_device(&dev)?.unsqueeze(0)?, 0, slot)?;
         params[slot] = SlotParams { scale, rank: r as u32 };
