@@ -56,6 +56,8 @@ pub(crate) struct LoraDelta<'a> {
 /// Tokens per work item: a run of consecutive tokens in one slot (a prefill chunk) reads each
 /// A and B row once for all of them instead of once per token.
 const RUN: usize = 8;
+/// Runs at least this long (f32 only) go through gemm, several times faster than the loops.
+const GEMM_MIN: usize = 32;
 
 impl LoraDelta<'_> {
     fn run<T: Elem>(&self, x: &[T], a: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
@@ -64,6 +66,7 @@ impl LoraDelta<'_> {
         let mut out = vec![T::from_f32(0.0); slots.len() * d_out];
         // Work items: (first token, slot, params) over runs of up to RUN tokens in one active
         // slot; tokens without an active slot keep their zero rows.
+        let use_gemm = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         let mut items: Vec<(usize, usize, SlotParams)> = Vec::new();
         let mut rows: Vec<&mut [T]> = Vec::new();
         let mut rest: &mut [T] = &mut out;
@@ -72,14 +75,29 @@ impl LoraDelta<'_> {
             let s = slots[t];
             let active = self.slots.get(s as usize).copied().filter(|p| p.scale != 0.0);
             let mut n = 1;
-            while t + n < slots.len() && n < RUN && slots[t + n] == s {
+            while t + n < slots.len() && slots[t + n] == s && (n < RUN || use_gemm) {
                 n += 1;
+            }
+            if n > RUN && n < GEMM_MIN {
+                n = RUN; // the rest of this run is the next item
             }
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(n * d_out);
             rest = tail;
-            if let Some(p) = active {
-                items.push((t, s as usize, p));
-                rows.push(head);
+            match active {
+                Some(p) if n >= GEMM_MIN => {
+                    let rank = (p.rank as usize).min(max_rank);
+                    // SAFETY: T is f32 (checked through TypeId above), so the casts are identities.
+                    let cast = |v: &[T]| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
+                    let head = unsafe { std::slice::from_raw_parts_mut(head.as_mut_ptr() as *mut f32, head.len()) };
+                    let a_s = &cast(a)[s as usize * max_rank * d_in..][..rank * d_in];
+                    let b_s = &cast(b)[s as usize * max_rank * d_out..][..rank * d_out];
+                    gemm_run(&cast(x)[t * d_in..][..n * d_in], a_s, b_s, p.scale, head, (n, rank, d_in, d_out));
+                }
+                Some(p) => {
+                    items.push((t, s as usize, p));
+                    rows.push(head);
+                }
+                None => {}
             }
             t += n;
         }
@@ -112,6 +130,39 @@ impl LoraDelta<'_> {
             }
         });
         out
+    }
+}
+
+/// One long same-slot run in f32 through gemm: `out = (scale · x Aᵀ) Bt`, with `x` `[n, d_in]`,
+/// `a` `[rank, d_in]`, `bt` `[rank, d_out]`, `out` `[n, d_out]`.
+fn gemm_run(x: &[f32], a: &[f32], bt: &[f32], scale: f32, out: &mut [f32], dims: (usize, usize, usize, usize)) {
+    let (n, rank, d_in, d_out) = dims;
+    if rank == 0 {
+        return;
+    }
+    let par = match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        k => gemm::Parallelism::Rayon(k),
+    };
+    let mut mid = vec![0f32; n * rank];
+    // SAFETY: every pointer/stride pair describes a matrix inside its slice: mid [n, rank] and
+    // x [n, d_in] row-major, Aᵀ read as [d_in, rank] (column stride d_in, row stride 1),
+    // Bt [rank, d_out] and out [n, d_out] row-major.
+    unsafe {
+        gemm::gemm(
+            n, rank, d_in,
+            mid.as_mut_ptr(), 1, rank as isize, false,
+            x.as_ptr(), 1, d_in as isize,
+            a.as_ptr(), d_in as isize, 1,
+            0.0, scale, false, false, false, par,
+        );
+        gemm::gemm(
+            n, d_out, rank,
+            out.as_mut_ptr(), 1, d_out as isize, false,
+            mid.as_ptr(), 1, rank as isize,
+            bt.as_ptr(), 1, d_out as isize,
+            0.0, 1.0, false, false, false, par,
+        );
     }
 }
 

@@ -63,6 +63,32 @@ fn mixed_slots_match_dense_per_token_matmuls() {
 }
 
 #[test]
+fn long_same_slot_runs_match_dense() {
+    // Runs of 40 and 37 tokens (the gemm path in f32), a run of 12 (loop path in pieces of 8)
+    // and single tokens between them.
+    let (slots_n, max_rank, d_in, d_out) = (2, 16, 40, 24);
+    let a = rand(4, &[slots_n, max_rank, d_in]);
+    let b = rand(5, &[slots_n, max_rank, d_out]);
+    let mut tokens = vec![1; 40];
+    tokens.push(NO_SLOT);
+    tokens.extend([0; 37]);
+    tokens.extend([1; 12]);
+    tokens.push(0);
+    let x = rand(6, &[tokens.len(), d_in]);
+    let slots = [SlotParams { scale: 0.5, rank: 12 }, SlotParams { scale: 2.0, rank: 16 }];
+    for dtype in [DType::F32, DType::BF16] {
+        let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let got = lora_delta(&cast(&x), &cast(&a), &cast(&b), &LoraTokens::new(tokens.clone()), &slots).unwrap();
+        let f32 = |t: &Tensor| cast(t).to_dtype(DType::F32).unwrap();
+        let want = dense(&f32(&x), &f32(&a), &f32(&b), &tokens, &slots);
+        let diff = (got.to_dtype(DType::F32).unwrap() - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        assert!(diff <= tol * scale.max(1.0), "{dtype:?}: {diff} (max |want| {scale})");
+    }
+}
+
+#[test]
 fn inconsistent_inputs_are_errors() {
     let a = rand(1, &[2, 4, 8]);
     let b = rand(2, &[2, 4, 6]);
