@@ -20,13 +20,7 @@ fn lora_fixtures() -> PathBuf {
 
 /// The tiny base model with a byte-level tokenizer, in a temp dir.
 fn base_dir() -> tempfile::TempDir {
-    let src = common::fixtures().join("tiny").join("llama-gqa-tied");
-    let dir = tempfile::tempdir().expect("temp dir");
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy fixture");
-    }
-    flint_engine::tokenizer::testing::write_byte_level_tokenizer(dir.path()).expect("tokenizer");
-    dir
+    common::tiny_model_with_tokenizer("llama-gqa-tied")
 }
 
 async fn engine(dir: &std::path::Path, max_loras: usize) -> EngineHandle {

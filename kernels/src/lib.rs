@@ -22,6 +22,8 @@ mod elem;
 pub mod fused;
 pub mod lora;
 pub mod paged;
+#[doc(hidden)]
+pub mod testing;
 
 pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul};
 pub use lora::{lora_delta, LoraTokens, SlotParams, NO_SLOT};

@@ -25,15 +25,7 @@ fn gpu() -> Option<Device> {
 
 /// Deterministic values in [-1, 1).
 fn rand(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).expect("valid shape")
+    flint_kernels::testing::lcg_tensor(seed, shape, -1.0, 1.0).to_dtype(dtype).expect("valid dtype")
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

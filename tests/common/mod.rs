@@ -34,3 +34,15 @@ pub fn default_model() -> Option<PathBuf> {
     eprintln!("skipped: default model not installed at {} (run scripts/default-model.sh)", dir.display());
     None
 }
+
+/// A copy of the tiny fixture model `name` with a byte-level tokenizer, in a temp dir (the
+/// fixtures ship no tokenizer; engine tests speak token ids anyway).
+pub fn tiny_model_with_tokenizer(name: &str) -> tempfile::TempDir {
+    let src = fixtures().join("tiny").join(name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy fixture");
+    }
+    flint_engine::tokenizer::testing::write_byte_level_tokenizer(dir.path()).expect("tokenizer");
+    dir
+}

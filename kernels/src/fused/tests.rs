@@ -1,18 +1,10 @@
 //! The fused kernels against the unfused candle ops they replace.
 
 use super::*;
-use candle_core::{Device, D};
+use candle_core::D;
 
 fn lcg(seed: u64, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+    crate::testing::lcg_tensor(seed, shape, -2.0, 2.0)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -3,17 +3,8 @@
 use super::*;
 use candle_core::{Device, IndexOp, D};
 
-/// Deterministic pseudo-random values, so failures reproduce.
 fn lcg_tensor(seed: u64, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+    crate::testing::lcg_tensor(seed, shape, -0.5, 0.5)
 }
 
 /// Dense reference: per sequence, full K/V `[ctx, kvh, d]` and queries = the last rows.
