@@ -2,6 +2,7 @@
 //!
 //! - `openai/`: `/v1/chat/completions`, `/v1/completions` (stream or not), `/v1/models`;
 //! - `ops`: `/health`, `/ready`, `/openapi.json`, `/docs`;
+//! - `metrics`: `/metrics` (Prometheus, vLLM's metric names);
 //! - `lora`: `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` (vLLM's), confined to `--lora-dir`;
 //! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
 //! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
@@ -11,6 +12,7 @@
 
 pub mod error;
 pub mod lora;
+pub mod metrics;
 pub mod openai;
 pub mod ops;
 pub mod types;
@@ -91,11 +93,19 @@ pub struct AppState {
     model: RwLock<Option<Arc<Served>>>,
     in_flight: AtomicUsize,
     shutting_down: AtomicBool,
+    /// What `/metrics` reports beyond the engine's own counters.
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<Self> {
-        Arc::new(Self { config, model: RwLock::new(None), in_flight: AtomicUsize::new(0), shutting_down: AtomicBool::new(false) })
+        Arc::new(Self {
+            config,
+            model: RwLock::new(None),
+            in_flight: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            metrics: metrics::Metrics::default(),
+        })
     }
 
     /// Installs the loaded model (the server is ready from now on).
@@ -225,6 +235,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/unload_lora_adapter", post(lora::unload_lora_adapter))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))
         .fallback(ops::not_found)

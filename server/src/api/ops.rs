@@ -32,7 +32,8 @@ use super::{
         super::lora::load_lora_adapter,
         super::lora::unload_lora_adapter,
         health,
-        ready
+        ready,
+        super::metrics::metrics
     ),
     components(schemas(
         ChatCompletionRequest,

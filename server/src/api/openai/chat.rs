@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::State,
@@ -88,6 +88,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
     let (served, adapter, permit) = admit(&state, &req.model)?;
     let template = served
         .template
@@ -116,7 +117,7 @@ pub async fn handler(
     let id = new_id("chatcmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
-    let rx = forward_all(vec![stream]);
+    let rx = forward_all(vec![stream], state.metrics.model(&served.name), arrival);
 
     if !req.stream {
         let names = TokenNames { tok: &tok, as_ids };

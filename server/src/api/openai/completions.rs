@@ -1,7 +1,7 @@
 //! `POST /v1/completions`: one engine request per prompt; choice `i * n + j` is sample `j` of
 //! prompt `i`, as in OpenAI's API.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::State,
@@ -47,6 +47,7 @@ pub async fn handler(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
     let (served, adapter, permit) = admit(&state, &req.model)?;
     let tok = served.engine.tokenizer().clone();
     let as_ids = req.return_tokens_as_token_ids;
@@ -76,7 +77,7 @@ pub async fn handler(
     let id = new_id("cmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
-    let rx = forward_all(streams);
+    let rx = forward_all(streams, state.metrics.model(&served.name), arrival);
     let mut offsets = vec![0usize; num_choices];
     let mut echoed = vec![false; num_choices];
     let mut take_echo = move |choice: usize, prompt: usize| {

@@ -4,19 +4,24 @@
 pub mod chat;
 pub mod completions;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::response::{
     sse::{Event, KeepAlive, Sse},
     IntoResponse, Response,
 };
-use flint_engine::{EngineError, OutputStream, SamplingParams, StreamDelta, Tokenizer, Usage as EngineUsage};
+use flint_engine::{EngineError, FinishReason, OutputStream, SamplingParams, StreamDelta, Tokenizer, Usage as EngineUsage};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
     error::ApiError,
+    metrics::ModelMetrics,
     types::{CompletionLogprobs, PromptTokensDetails, SamplingFields, TopLogprob, Usage},
     AppState, Permit, Served,
 };
@@ -225,10 +230,14 @@ pub enum Fwd {
 /// Runs several engine requests (one per prompt) and merges their output into one channel.
 /// When the receiver is dropped (client gone), the forwarders drop their streams, which aborts
 /// the requests and frees their KV blocks.
-pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
+///
+/// Every request passes here, so this is where `/metrics` observes them (see [`RequestClock`]),
+/// with `arrival` the time the HTTP request came in.
+pub fn forward_all(streams: Vec<OutputStream>, metrics: Arc<ModelMetrics>, arrival: Instant) -> mpsc::Receiver<Fwd> {
     let (tx, rx) = mpsc::channel(64);
     for (prompt, mut s) in streams.into_iter().enumerate() {
         let tx = tx.clone();
+        let mut clock = RequestClock::new(metrics.clone(), arrival);
         tokio::spawn(async move {
             loop {
                 // A closed channel (client gone) ends the task at once, even while the request
@@ -239,7 +248,10 @@ pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
                 };
                 let Some(item) = item else { break };
                 let msg = match item {
-                    Ok(delta) => Fwd::Delta { prompt, delta },
+                    Ok(delta) => {
+                        clock.delta(&delta);
+                        Fwd::Delta { prompt, delta }
+                    }
                     Err(e) => Fwd::Failed(e),
                 };
                 let failed = matches!(msg, Fwd::Failed(_));
@@ -247,10 +259,64 @@ pub fn forward_all(streams: Vec<OutputStream>) -> mpsc::Receiver<Fwd> {
                     return;
                 }
             }
-            let _ = tx.send(Fwd::Done { usage: s.usage() }).await;
+            // Only a request that ran to its end counts (not one whose client left or failed).
+            let usage = s.usage();
+            clock.done(&usage);
+            let _ = tx.send(Fwd::Done { usage }).await;
         });
     }
     rx
+}
+
+/// The latencies of one engine request, observed as its deltas pass:
+/// - time to first token: arrival → the first delta carrying text or tokens;
+/// - inter-token latency, per token: a delta of `k` tokens arriving `g` after the previous delta
+///   of the same sample observes `g / k`, `k` times (so the sum is the decode time and the
+///   count the tokens after each sample's first delta);
+/// - end to end: arrival → the end of the stream, with the prompt tokens and the last finish
+///   reason counted as one successful request.
+struct RequestClock {
+    metrics: Arc<ModelMetrics>,
+    arrival: Instant,
+    first_seen: bool,
+    /// Per sample: when its last delta with tokens arrived.
+    last: Vec<Option<Instant>>,
+    finish: Option<FinishReason>,
+}
+
+impl RequestClock {
+    fn new(metrics: Arc<ModelMetrics>, arrival: Instant) -> Self {
+        Self { metrics, arrival, first_seen: false, last: Vec::new(), finish: None }
+    }
+
+    fn delta(&mut self, d: &StreamDelta) {
+        if let Some(f) = &d.finish {
+            self.finish = Some(f.reason);
+        }
+        let k = d.token_ids.len();
+        if k == 0 && d.text.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if !std::mem::replace(&mut self.first_seen, true) {
+            self.metrics.ttft.observe(now.duration_since(self.arrival).as_secs_f64());
+        }
+        if k == 0 {
+            return;
+        }
+        if self.last.len() <= d.index {
+            self.last.resize(d.index + 1, None);
+        }
+        if let Some(prev) = self.last[d.index].replace(now) {
+            self.metrics.itl.observe_n(now.duration_since(prev).as_secs_f64() / k as f64, k as u64);
+        }
+    }
+
+    fn done(&self, usage: &EngineUsage) {
+        // Every sample ends with a finish reason; `length` if none was seen (no output at all).
+        let reason = self.finish.unwrap_or(FinishReason::Length);
+        self.metrics.finished(usage.prompt_tokens, reason, self.arrival.elapsed());
+    }
 }
 
 /// Drains a non-streamed response: every delta goes to `on_delta(prompt, delta)`; returns the
