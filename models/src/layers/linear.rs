@@ -33,11 +33,6 @@ impl Proj {
         Ok(Self { base: linear_b(d_in, d_out, bias, vb)?, module, d_in, d_out, lora: None })
     }
 
-    /// A projection over existing weights (a tied lm_head, say); no LoRA.
-    pub fn from_linear(base: Linear, module: TargetModule, d_in: usize, d_out: usize) -> Self {
-        Self { base, module, d_in, d_out, lora: None }
-    }
-
     /// `x` `[T, in]` → `[T, out]`, plus each token's LoRA delta when `lora` names slots.
     pub fn forward(&self, x: &Tensor, lora: Option<&LoraTokens>) -> Result<Tensor> {
         let y = self.base.forward(x)?;
