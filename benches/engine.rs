@@ -33,18 +33,9 @@ fn bench(c: &mut Criterion) {
     let run = |n: usize| {
         rt.block_on(async {
             let streams: Vec<_> = (0..n)
-                .map(|r| {
-                    let prompt = (0..PROMPT as u32).map(|i| (i * 7919 + r as u32 * 104_729 + 13) % vocab).collect();
-                    engine.generate(prompt, params.clone()).expect("accepted")
-                })
+                .map(|r| engine.generate(common::prompt(r, PROMPT, vocab), params.clone()).expect("accepted"))
                 .collect();
-            let mut tokens = 0;
-            for s in streams {
-                for out in s.collect().await.expect("runs") {
-                    tokens += out.token_ids.len();
-                }
-            }
-            assert_eq!(tokens, n * OUTPUT);
+            assert_eq!(common::drain(streams).await, n * OUTPUT);
         })
     };
     let mut g = c.benchmark_group("engine-smollm2-135m-cpu");

@@ -77,18 +77,11 @@ fn bench(c: &mut Criterion) {
         rt.block_on(async {
             let streams: Vec<_> = (0..REQUESTS)
                 .map(|r| {
-                    let prompt = (0..PROMPT as u32).map(|i| (i * 7919 + r as u32 * 104_729 + 13) % vocab).collect();
                     let adapter = (distinct > 0).then(|| names[r % distinct].as_str());
-                    engine.generate_with(prompt, params.clone(), adapter).expect("accepted")
+                    engine.generate_with(common::prompt(r, PROMPT, vocab), params.clone(), adapter).expect("accepted")
                 })
                 .collect();
-            let mut tokens = 0;
-            for s in streams {
-                for out in s.collect().await.expect("runs") {
-                    tokens += out.token_ids.len();
-                }
-            }
-            assert_eq!(tokens, REQUESTS * OUTPUT);
+            assert_eq!(common::drain(streams).await, REQUESTS * OUTPUT);
         })
     };
     let mut g = c.benchmark_group("lora-smollm2-135m-cpu");
