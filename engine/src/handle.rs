@@ -88,6 +88,10 @@ pub struct EngineInfo {
     /// Usable KV blocks (the null block excluded).
     pub num_blocks: usize,
     pub kv_cache_bytes: u64,
+    /// The weights' dtype (`f32`, `bf16`, `f16`).
+    pub dtype: String,
+    /// Bytes the weights take on the device (parameters × dtype size; LoRA slots excluded).
+    pub weight_bytes: u64,
     pub eos_ids: Vec<u32>,
     pub lora: Option<LoraSettings>,
 }
@@ -349,6 +353,8 @@ fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
         block_size: cfg.block_size,
         num_blocks: num_blocks - 1,
         kv_cache_bytes,
+        dtype: loaded.dtype.as_str().to_owned(),
+        weight_bytes: loaded.config.num_parameters() * loaded.dtype.size_in_bytes() as u64,
         eos_ids: eos_ids.clone(),
         lora: cfg.lora,
     };

@@ -133,6 +133,27 @@ fn default_theta() -> f64 {
 }
 
 impl ModelConfig {
+    /// Parameters of the checkpoint's shape (embeddings, attention, MLP, norms, biases and an
+    /// untied LM head): what `/api/show` and the model list report, and with the dtype the
+    /// weights' memory.
+    pub fn num_parameters(&self) -> u64 {
+        let (h, i, d) = (self.hidden_size as u64, self.intermediate_size as u64, self.head_dim as u64);
+        let (q, kv) = (self.num_heads as u64 * d, self.num_kv_heads as u64 * d);
+        let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+        if self.qkv_bias {
+            layer += q + 2 * kv;
+        }
+        if self.o_bias {
+            layer += h;
+        }
+        if self.qk_norm {
+            layer += 2 * d;
+        }
+        let embed = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + h + self.num_layers as u64 * layer
+    }
+
     /// Reads and checks `config.json` at `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
@@ -298,5 +319,16 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("rope_scaling"), "{e}");
+    }
+
+    /// Published sizes: Llama-3.2-1B 1,235,814,400; Llama-3.1-8B 8,030,261,248;
+    /// Qwen2.5-7B 7,615,616,512 parameters.
+    #[test]
+    fn parameter_counts_match_the_published_sizes() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/configs"));
+        for (name, n) in [("llama-3.2-1b", 1_235_814_400), ("llama-3.1-8b", 8_030_261_248), ("qwen2.5-7b", 7_615_616_512)] {
+            let c = ModelConfig::from_file(&dir.join(name).join("config.json")).unwrap();
+            assert_eq!(c.num_parameters(), n, "{name}");
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! - [`bench`]: `flint bench`, a load generator for any OpenAI-compatible server.
 //! - [`chat_template`]: Hugging Face chat templates rendered with minijinja
 //!   ([`chat_template::ChatTemplate`]).
+//! - [`registry`]: runtime model management ([`registry::ModelRegistry`]: several models,
+//!   loading / ready / failed / unloading, switch, idle unload; the TOML catalog).
+//! - [`logs`]: `tracing` setup (`FLINT_LOG` filter, text or JSON on stderr) and the ring of
+//!   recent lines that `GET /admin/logs` reads.
 //!
 //! The server never touches tensors: it talks to `flint-engine` only.
 
@@ -14,3 +18,5 @@ pub mod api;
 pub mod bench;
 pub mod chat_template;
 pub mod cli;
+pub mod registry;
+pub mod logs;

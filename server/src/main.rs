@@ -2,13 +2,10 @@ use clap::Parser;
 use flint_server::cli::{self, Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG").unwrap_or_else(|_| "warn,flint_engine=info,flint_server=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Parse first so `--log-format` can choose the format; clap's own errors and `--help`
+    // print directly and need no subscriber.
     let cli = Cli::parse();
+    flint_server::logs::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::main(args),
         Command::Run(args) => cli::run::main(args),

@@ -254,7 +254,7 @@ async fn load_errors_name_the_field_and_register_nothing() {
         relative_escape.as_str(),
     ] {
         let e = load(&s.app, "evil", path).await.error(bad, Some("lora_path"));
-        assert!(e["message"].as_str().unwrap().contains("outside the allowed adapter directory"), "{path}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("outside the allowed directory (--lora-dir)"), "{path}: {e}");
     }
     // ... and so are symlinks inside it that lead out.
     #[cfg(unix)]

@@ -82,9 +82,46 @@ impl ApiError {
     }
 
     pub fn not_ready() -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the model is still loading");
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no model is ready yet");
         e.retry_after = Some(5);
         e
+    }
+
+    /// 503 for a model that is loading: what it is doing and for how long.
+    pub fn model_loading(name: &str, phase: &str, elapsed: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            format!("the model `{name}` is loading ({phase}, {:.0} s so far); retry shortly", elapsed.as_secs_f64()),
+        );
+        e.param = Some("model".into());
+        e.code = Some("model_loading".into());
+        e.retry_after = Some(2);
+        e
+    }
+
+    /// 503 for a model that cannot answer now (`why`: "is being unloaded", "failed to load: …").
+    pub fn model_unavailable(name: &str, why: &str) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", format!("the model `{name}` {why}"));
+        e.param = Some("model".into());
+        e.code = Some("model_unavailable".into());
+        e
+    }
+
+    /// 409: the request clashes with the current state (a name taken, a model mid-load).
+    pub fn conflict(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::CONFLICT, "conflict_error", message);
+        e.param = Some(param.into());
+        e
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
     }
 
     pub fn shutting_down() -> Self {

@@ -18,7 +18,7 @@ use flint_engine::EngineError;
 use super::{
     error::ApiError,
     types::{ErrorBody, LoadLoraAdapterRequest, UnloadLoraAdapterRequest},
-    AppState, JsonBody,
+    AppState, JsonBody, Served,
 };
 
 /// Load a LoRA adapter (PEFT format) from `--lora-dir` and serve it as `lora_name`.
@@ -29,18 +29,21 @@ pub async fn load_lora_adapter(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<LoadLoraAdapterRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
-    let served = state.model()?;
+    let served = base_model(&state, req.model.as_deref())?;
     if served.engine.info().lora.is_none() {
         return Err(EngineError::LoraDisabled.into());
     }
     check_name(&served.name, &req.lora_name)?;
+    if state.registry.state(&req.lora_name).is_some() {
+        return Err(ApiError::invalid("lora_name", format!("`{}` is the name of a served model; choose another", req.lora_name)));
+    }
     let Some(dir) = &state.config.lora_dir else {
         return Err(ApiError::invalid(
             "lora_path",
             "loading adapters at runtime is off: start the server with --lora-dir DIR to load adapters from DIR",
         ));
     };
-    let path = confine(dir, &req.lora_path)?;
+    let path = confine(dir, &req.lora_path, "lora_path", "--lora-dir")?;
     served.engine.load_adapter(&req.lora_name, path).await?;
     Ok((StatusCode::OK, format!("Success: LoRA adapter '{}' added successfully.", req.lora_name)))
 }
@@ -53,11 +56,20 @@ pub async fn unload_lora_adapter(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<UnloadLoraAdapterRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
-    let served = state.model()?;
-    if served.engine.info().lora.is_none() {
-        return Err(EngineError::LoraDisabled.into());
-    }
-    check_name(&served.name, &req.lora_name)?;
+    let served = match state.resolve(&req.lora_name) {
+        Ok((served, Some(_))) => served,
+        Ok((served, None)) => {
+            check_name(&served.name, &req.lora_name)?;
+            return Err(ApiError::invalid("lora_name", format!("`{}` is a model, not a LoRA adapter", req.lora_name)));
+        }
+        _ if !state.registry.ready().iter().any(|m| m.engine.info().lora.is_some()) => {
+            return Err(EngineError::LoraDisabled.into())
+        }
+        _ => {
+            return Err(ApiError::not_found(format!("no LoRA adapter named `{}` is loaded", req.lora_name))
+                .with_param("lora_name"))
+        }
+    };
     served.engine.unload_adapter(&req.lora_name).map_err(|e| {
         let mut e = ApiError::from(e);
         if e.status == StatusCode::NOT_FOUND {
@@ -66,6 +78,22 @@ pub async fn unload_lora_adapter(
         e
     })?;
     Ok((StatusCode::OK, format!("Success: LoRA adapter '{}' removed successfully.", req.lora_name)))
+}
+
+/// The model a new adapter goes on: `model` when given, else the only ready model.
+fn base_model(state: &AppState, model: Option<&str>) -> Result<Arc<Served>, ApiError> {
+    if let Some(m) = model {
+        return match state.resolve(m)? {
+            (served, None) => Ok(served),
+            (_, Some(_)) => Err(ApiError::invalid("model", format!("`{m}` is a LoRA adapter, not a base model"))),
+        };
+    }
+    let mut ready = state.registry.ready();
+    match ready.len() {
+        1 => Ok(ready.remove(0)),
+        0 => Err(ApiError::not_ready()),
+        _ => Err(ApiError::invalid("model", "several models are served: name the base model in `model`")),
+    }
 }
 
 /// An adapter name must be non-empty and differ from the base model's name (`base`).
@@ -82,17 +110,16 @@ pub fn check_name(base: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `raw` (relative to `dir`, or absolute) as a canonical directory inside `dir`; 400 naming
-/// `lora_path` otherwise.
-pub fn confine(dir: &Path, raw: &str) -> Result<PathBuf, ApiError> {
-    let bad = |msg: String| ApiError::invalid("lora_path", msg);
+/// `raw` (relative to `dir`, or absolute) as a canonical path inside `dir`; 400 naming
+/// `param` otherwise (`flag`: the option that set `dir`, for the message). Directories only,
+/// unless `raw` ends in `.gguf`.
+pub fn confine(dir: &Path, raw: &str, param: &str, flag: &str) -> Result<PathBuf, ApiError> {
+    let bad = |msg: String| ApiError::invalid(param, msg);
     if raw.trim().is_empty() {
-        return Err(bad("`lora_path` must not be empty".into()));
+        return Err(bad(format!("`{param}` must not be empty")));
     }
-    let outside = || bad(format!("`lora_path` {raw:?} is outside the allowed adapter directory (--lora-dir)"));
-    let unreadable = |e: std::io::Error| {
-        ApiError::internal(format!("the adapter directory (--lora-dir) cannot be read: {e}"))
-    };
+    let outside = || bad(format!("`{param}` {raw:?} is outside the allowed directory ({flag})"));
+    let unreadable = |e: std::io::Error| ApiError::internal(format!("the directory given by {flag} cannot be read: {e}"));
     let dir = std::path::absolute(dir).map_err(unreadable)?;
     let root = std::fs::canonicalize(&dir).map_err(unreadable)?;
     // An absolute `raw` replaces `dir` in the join.
@@ -102,14 +129,14 @@ pub fn confine(dir: &Path, raw: &str) -> Result<PathBuf, ApiError> {
     if !lexical.starts_with(&dir_normal) && !lexical.starts_with(&root) {
         return Err(outside());
     }
-    let real = std::fs::canonicalize(&joined)
-        .map_err(|e| bad(format!("`lora_path` {raw:?} cannot be opened: {e}")))?;
+    let real = std::fs::canonicalize(&joined).map_err(|e| bad(format!("`{param}` {raw:?} cannot be opened: {e}")))?;
     // A symlink inside the directory that points out of it.
     if !real.starts_with(&root) {
         return Err(outside());
     }
-    if !real.is_dir() {
-        return Err(bad(format!("`lora_path` {raw:?} is not a directory")));
+    let gguf = real.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if !real.is_dir() && !(gguf && real.is_file()) {
+        return Err(bad(format!("`{param}` {raw:?} is not a directory")));
     }
     Ok(real)
 }
@@ -146,6 +173,10 @@ mod tests {
         assert_eq!(n("a/../../b"), None);
     }
 
+    fn confine_lora(dir: &Path, raw: &str) -> Result<PathBuf, ApiError> {
+        confine(dir, raw, "lora_path", "--lora-dir")
+    }
+
     #[test]
     fn paths_stay_inside_the_directory() {
         let tmp = tempfile::tempdir().unwrap();
@@ -154,9 +185,9 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("secret")).unwrap();
         std::fs::write(dir.join("file"), "x").unwrap();
         let root = std::fs::canonicalize(&dir).unwrap();
-        assert_eq!(confine(&dir, "a").unwrap(), root.join("a"));
-        assert_eq!(confine(&dir, "a/b/..").unwrap(), root.join("a"));
-        assert_eq!(confine(&dir, dir.join("a/b").to_str().unwrap()).unwrap(), root.join("a/b"));
+        assert_eq!(confine_lora(&dir, "a").unwrap(), root.join("a"));
+        assert_eq!(confine_lora(&dir, "a/b/..").unwrap(), root.join("a"));
+        assert_eq!(confine_lora(&dir, dir.join("a/b").to_str().unwrap()).unwrap(), root.join("a/b"));
         let param = |r: Result<PathBuf, ApiError>| {
             let e = r.unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
@@ -164,21 +195,21 @@ mod tests {
             e.message
         };
         for outside in ["../secret", "a/../../secret", "/etc", "../../../../../../etc"] {
-            assert!(param(confine(&dir, outside)).contains("outside the allowed adapter directory"), "{outside}");
+            assert!(param(confine_lora(&dir, outside)).contains("outside the allowed directory (--lora-dir)"), "{outside}");
         }
         let secret = tmp.path().join("secret");
-        assert!(param(confine(&dir, secret.to_str().unwrap())).contains("outside"));
+        assert!(param(confine_lora(&dir, secret.to_str().unwrap())).contains("outside"));
         // Missing paths outside are refused as outside, without looking at them.
-        assert!(param(confine(&dir, "../nothing-here")).contains("outside"));
-        assert!(param(confine(&dir, "nothing-here")).contains("cannot be opened"));
-        assert!(param(confine(&dir, "file")).contains("not a directory"));
-        assert!(param(confine(&dir, " ")).contains("empty"));
+        assert!(param(confine_lora(&dir, "../nothing-here")).contains("outside"));
+        assert!(param(confine_lora(&dir, "nothing-here")).contains("cannot be opened"));
+        assert!(param(confine_lora(&dir, "file")).contains("not a directory"));
+        assert!(param(confine_lora(&dir, " ")).contains("empty"));
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(&secret, dir.join("link")).unwrap();
-            assert!(param(confine(&dir, "link")).contains("outside"));
+            assert!(param(confine_lora(&dir, "link")).contains("outside"));
             std::os::unix::fs::symlink(dir.join("a"), dir.join("inner")).unwrap();
-            assert_eq!(confine(&dir, "inner").unwrap(), root.join("a"));
+            assert_eq!(confine_lora(&dir, "inner").unwrap(), root.join("a"));
         }
     }
 }

@@ -139,34 +139,40 @@ impl Metrics {
         m.entry(model.to_owned()).or_default().clone()
     }
 
-    /// The exposition text: engine gauges and counters for `engine` (the served model, when
-    /// its stats could be read), then every model's request metrics.
-    pub fn render(&self, engine: Option<&EngineGauges>) -> String {
+    /// The exposition text: engine gauges and counters for each model in `engines` (the ready
+    /// models whose stats could be read), then every model's request metrics.
+    pub fn render(&self, engines: &[EngineGauges]) -> String {
         let models: Vec<(String, Arc<ModelMetrics>)> =
             self.models.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut out = String::new();
-        if let Some(g) = engine {
-            let l = label(&g.model);
-            let gauges: [(&str, &str, f64); 5] = [
-                ("vllm:num_requests_running", "Requests in model execution batches.", g.running as f64),
-                ("vllm:num_requests_waiting", "Requests waiting to be processed.", g.waiting as f64),
-                ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", g.kv_cache_usage),
-                ("flint_lora_adapters_loaded", "LoRA adapters loaded (servable by name).", g.adapters_loaded as f64),
-                ("flint_lora_adapters_resident", "LoRA adapters resident in the model's slots.", g.adapters_resident as f64),
-            ];
-            for (name, help, v) in gauges {
+        let name = "flint_models_loaded";
+        family(&mut out, name, "Models ready to serve.", "gauge");
+        let _ = writeln!(out, "{name} {}", engines.len());
+        let gauges: [(&str, &str, fn(&EngineGauges) -> f64); 5] = [
+            ("vllm:num_requests_running", "Requests in model execution batches.", |g| g.running as f64),
+            ("vllm:num_requests_waiting", "Requests waiting to be processed.", |g| g.waiting as f64),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", |g| g.kv_cache_usage),
+            ("flint_lora_adapters_loaded", "LoRA adapters loaded (servable by name).", |g| g.adapters_loaded as f64),
+            ("flint_lora_adapters_resident", "LoRA adapters resident in the model's slots.", |g| g.adapters_resident as f64),
+        ];
+        let counters: [(&str, &str, fn(&EngineGauges) -> u64); 4] = [
+            ("vllm:num_preemptions_total", "Cumulative number of preemptions.", |g| g.preemptions),
+            ("vllm:prefix_cache_queries_total", "Prefix-cache queries, in prompt tokens.", |g| g.prefix_cache_queries),
+            ("vllm:prefix_cache_hits_total", "Prefix-cache hits, in prompt tokens.", |g| g.prefix_cache_hits),
+            ("vllm:generation_tokens_total", "Number of generation tokens processed.", |g| g.generation_tokens),
+        ];
+        if !engines.is_empty() {
+            for (name, help, get) in gauges {
                 family(&mut out, name, help, "gauge");
-                sample(&mut out, name, &l, v);
+                for g in engines {
+                    sample(&mut out, name, &label(&g.model), get(g));
+                }
             }
-            let counters: [(&str, &str, u64); 4] = [
-                ("vllm:num_preemptions_total", "Cumulative number of preemptions.", g.preemptions),
-                ("vllm:prefix_cache_queries_total", "Prefix-cache queries, in prompt tokens.", g.prefix_cache_queries),
-                ("vllm:prefix_cache_hits_total", "Prefix-cache hits, in prompt tokens.", g.prefix_cache_hits),
-                ("vllm:generation_tokens_total", "Number of generation tokens processed.", g.generation_tokens),
-            ];
-            for (name, help, v) in counters {
+            for (name, help, get) in counters {
                 family(&mut out, name, help, "counter");
-                sample(&mut out, name, &l, v as f64);
+                for g in engines {
+                    sample(&mut out, name, &label(&g.model), get(g) as f64);
+                }
             }
         }
         let name = "vllm:prompt_tokens_total";
@@ -268,8 +274,8 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
 /// out while the model is loading or the server is shutting down.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut gauges = None;
-    if let Ok(served) = state.model() {
+    let mut gauges = Vec::new();
+    for served in state.registry.ready() {
         if let Ok(s) = served.engine.stats().await {
             let sch = s.scheduler;
             let kv_cache_usage = if sch.usable_blocks == 0 {
@@ -277,7 +283,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             } else {
                 (1.0 - sch.free_blocks as f64 / sch.usable_blocks as f64).clamp(0.0, 1.0)
             };
-            gauges = Some(EngineGauges {
+            gauges.push(EngineGauges {
                 model: served.name.clone(),
                 running: sch.running,
                 waiting: sch.waiting,
@@ -291,7 +297,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             });
         }
     }
-    let body = state.metrics.render(gauges.as_ref());
+    let body = state.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
 }
 
@@ -320,7 +326,7 @@ mod tests {
 
         // The whole page: HELP/TYPE once per family, every histogram series ends in +Inf.
         m.model("m").ttft.observe(0.002);
-        let text = m.render(None);
+        let text = m.render(&[]);
         assert!(text.contains("# HELP vllm:time_to_first_token_seconds "), "{text}");
         assert!(text.contains("# TYPE vllm:time_to_first_token_seconds histogram\n"), "{text}");
         assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.001\"} 0\n"));
@@ -340,7 +346,7 @@ mod tests {
         let m = Metrics::default();
         m.model("q\"m").finished(3, FinishReason::Stop, Duration::from_millis(400));
         let g = EngineGauges { model: "q\"m".into(), running: 2, kv_cache_usage: 0.25, ..Default::default() };
-        let text = m.render(Some(&g));
+        let text = m.render(std::slice::from_ref(&g));
         assert!(text.contains("vllm:num_requests_running{model_name=\"q\\\"m\"} 2\n"), "{text}");
         assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"q\\\"m\"} 0.25\n"), "{text}");
         assert!(text.contains("vllm:prompt_tokens_total{model_name=\"q\\\"m\"} 3\n"), "{text}");

@@ -4,15 +4,20 @@
 //! - `ops`: `/health`, `/ready`, `/openapi.json`, `/docs`;
 //! - `metrics`: `/metrics` (Prometheus, vLLM's metric names);
 //! - `lora`: `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` (vLLM's), confined to `--lora-dir`;
+//! - `ollama`: Ollama's API (`/api/generate`, `/api/chat`, `/api/tags`, …, `GET /`);
+//! - `admin`: `/admin/models…` (load, unload, switch, status) and `/admin/logs`, key required;
 //! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
 //! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
 //!
 //! Request bodies are parsed once, at the edge, into checked engine types
 //! ([`flint_engine::SamplingParams`], token ids); the engine never sees JSON.
 
+pub mod admin;
 pub mod error;
+pub mod logs;
 pub mod lora;
 pub mod metrics;
+pub mod ollama;
 pub mod openai;
 pub mod ops;
 pub mod types;
@@ -21,7 +26,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc,
     },
 };
 
@@ -34,43 +39,13 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use flint_engine::EngineHandle;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
-use crate::chat_template::ChatTemplate;
+use crate::registry::ModelRegistry;
 
-/// The model being served.
-pub struct Served {
-    pub engine: EngineHandle,
-    /// The name clients use in `model` (`--served-model-name`, default the directory name).
-    pub name: String,
-    pub template: Option<ChatTemplate>,
-    /// Unix time the model finished loading.
-    pub created: i64,
-}
-
-impl Served {
-    /// What a request's `model` names: the base model (`None`) or the loaded LoRA adapter of
-    /// that name (`Some(name)`); 404 listing the served names otherwise.
-    pub fn resolve(&self, model: &str) -> Result<Option<String>, ApiError> {
-        if model == self.name {
-            return Ok(None);
-        }
-        if self.engine.adapters().iter().any(|a| a.name == model) {
-            return Ok(Some(model.to_owned()));
-        }
-        Err(self.not_found(model))
-    }
-
-    /// 404 for `model`, listing the base model and the loaded adapters.
-    pub fn not_found(&self, model: &str) -> ApiError {
-        let mut names = vec![self.name.clone()];
-        names.extend(self.engine.adapters().into_iter().map(|a| a.name));
-        ApiError::model_not_found(model, &names)
-    }
-}
+pub use crate::registry::Served;
 
 /// Server settings from the command line.
 #[derive(Clone, Debug)]
@@ -85,64 +60,99 @@ pub struct ServerConfig {
     /// `--lora-dir`: the only place `POST /v1/load_lora_adapter` loads adapters from; without
     /// it adapters can only be given at startup (`--lora`).
     pub lora_dir: Option<PathBuf>,
+    /// `--model-root`: the directories `POST /admin/models/load` may load paths from (catalog
+    /// names load from anywhere the catalog says).
+    pub model_roots: Vec<PathBuf>,
 }
 
 /// Shared by every handler.
 pub struct AppState {
     pub config: ServerConfig,
-    model: RwLock<Option<Arc<Served>>>,
+    /// The models, by name (the one owner of their state).
+    pub registry: Arc<ModelRegistry>,
     in_flight: AtomicUsize,
+    /// Set once the models given at startup are loaded: `/ready` waits for it.
+    started: AtomicBool,
     shutting_down: AtomicBool,
     /// What `/metrics` reports beyond the engine's own counters.
     pub metrics: metrics::Metrics,
 }
 
 impl AppState {
+    /// A server without runtime loading (tests): models come through [`Self::set_model`].
     pub fn new(config: ServerConfig) -> Arc<Self> {
+        Self::with_registry(config, Arc::new(ModelRegistry::new(None, Default::default())))
+    }
+
+    pub fn with_registry(config: ServerConfig, registry: Arc<ModelRegistry>) -> Arc<Self> {
         Arc::new(Self {
             config,
-            model: RwLock::new(None),
+            registry,
             in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
         })
     }
 
-    /// Installs the loaded model (the server is ready from now on).
-    pub fn set_model(&self, served: Served) {
-        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(served));
+    /// Serves an already loaded model, and marks startup done (tests, single-model startup).
+    pub fn set_model(&self, served: Served) -> Arc<Served> {
+        let served = self.registry.install(served);
+        self.set_started();
+        served
     }
 
-    /// The served model, or 503 while loading / shutting down.
-    pub fn model(&self) -> Result<Arc<Served>, ApiError> {
-        if self.shutting_down.load(Ordering::Relaxed) {
+    /// The models given at startup are loaded: `/ready` may answer 200.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The model (and LoRA adapter) a request's `model` names; 503 while shutting down or
+    /// while it loads, 404 when nothing has that name.
+    pub fn resolve(&self, model: &str) -> Result<(Arc<Served>, Option<String>), ApiError> {
+        if self.shutting_down() {
             return Err(ApiError::shutting_down());
         }
-        self.model.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(ApiError::not_ready)
+        self.registry.resolve(model)
     }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    /// Takes an admission permit (429 when all are taken); released when dropped.
-    pub fn admit(self: &Arc<Self>) -> Result<Permit, ApiError> {
+    /// Takes an admission permit for a request to `served` (429 when all are taken); released
+    /// when dropped. While it lives the model counts the request as running, so an unload
+    /// waits for it and the idle clock stands still.
+    pub fn admit(self: &Arc<Self>, served: &Arc<Served>) -> Result<Permit, ApiError> {
         let limit = self.config.max_num_seqs + self.config.max_waiting_requests;
         let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if prev >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::queue_full(limit));
         }
-        Ok(Permit(self.clone()))
+        served.begin_request();
+        Ok(Permit { state: self.clone(), served: served.clone() })
     }
 }
 
 /// One admitted request; dropping it (response done or client gone) frees the slot.
-pub struct Permit(Arc<AppState>);
+pub struct Permit {
+    state: Arc<AppState>,
+    served: Arc<Served>,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.served.end_request();
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -215,6 +225,10 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
     let open = matches!(req.uri().path(), "/health" | "/ready") || req.method() == Method::OPTIONS;
+    // Admin routes load and unload models: never without a key.
+    if state.config.api_key.is_none() && req.uri().path().starts_with("/admin") {
+        return Err(ApiError::forbidden("the admin routes need the server to be started with --api-key"));
+    }
     if let (Some(key), false) = (&state.config.api_key, open) {
         match presented_key(req.headers()) {
             Some(k) if same_key(k, key.as_bytes()) => {}
@@ -236,6 +250,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(metrics::metrics))
+        .route("/admin/models", get(admin::list))
+        .route("/admin/models/load", post(admin::load))
+        .route("/admin/models/unload", post(admin::unload))
+        .route("/admin/models/switch", post(admin::switch))
+        .route("/admin/models/{name}", get(admin::get))
+        .route("/admin/logs", get(logs::recent_logs))
+        .merge(ollama::routes())
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))
         .fallback(ops::not_found)

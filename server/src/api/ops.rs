@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{Html, IntoResponse, Response},
     Json,
@@ -20,6 +20,7 @@ use super::{
     },
     AppState, Served,
 };
+use crate::registry::ModelState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -85,41 +86,79 @@ fn adapter_card(s: &Served, a: &AdapterInfo) -> ModelCard {
     }
 }
 
-/// The served models: the base model, then the loaded LoRA adapters by name.
+/// The ready models, each followed by its loaded LoRA adapters (models that are loading,
+/// failed or unloading are not listed; see `GET /admin/models`).
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
-    let served = state.model()?;
-    let mut data = vec![card(&served)];
-    data.extend(served.engine.adapters().iter().map(|a| adapter_card(&served, a)));
+    if state.shutting_down() {
+        return Err(ApiError::shutting_down());
+    }
+    let mut data = Vec::new();
+    for served in state.registry.ready() {
+        data.push(card(&served));
+        data.extend(served.engine.adapters().iter().map(|a| adapter_card(&served, a)));
+    }
     Ok(Json(ModelList { object: "list", data }))
 }
 
 /// One model.
 #[utoipa::path(get, path = "/v1/models/{id}", responses((status = 200, body = ModelCard), (status = 404, body = ErrorBody)))]
 pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
-    let served = state.model()?;
-    if id == served.name {
-        return Ok(Json(card(&served)));
-    }
-    match served.engine.adapters().iter().find(|a| a.name == id) {
-        Some(a) => Ok(Json(adapter_card(&served, a))),
-        None => Err(served.not_found(&id)),
+    let (served, adapter) = state.resolve(&id)?;
+    match adapter.and_then(|name| served.engine.adapters().into_iter().find(|a| a.name == name)) {
+        Some(a) => Ok(Json(adapter_card(&served, &a))),
+        None => Ok(Json(card(&served))),
     }
 }
 
-/// The process is alive.
-#[utoipa::path(get, path = "/health", responses((status = 200)))]
-pub async fn health() -> StatusCode {
-    StatusCode::OK
+/// `?model=NAME` of `/health` and `/ready`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct ModelQuery {
+    /// Ask about this model only.
+    pub model: Option<String>,
 }
 
-/// The model is loaded and requests are accepted (503 before and while shutting down).
-#[utoipa::path(get, path = "/ready", responses((status = 200), (status = 503, body = ErrorBody)))]
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.model() {
-        Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response(),
-        Err(e) => e.into_response(),
+/// The process is alive; with `?model=`, that model's engine answers too (503 when it failed
+/// to load or its engine stopped, 404 when unknown).
+#[utoipa::path(get, path = "/health", params(ModelQuery), responses((status = 200), (status = 503, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn health(State(state): State<Arc<AppState>>, Query(q): Query<ModelQuery>) -> Response {
+    let Some(model) = q.model else { return StatusCode::OK.into_response() };
+    let served = match state.registry.state(&model) {
+        None => return ApiError::not_found(format!("no model named `{model}`")).with_param("model").into_response(),
+        Some(ModelState::Failed { reason, .. }) => {
+            return ApiError::model_unavailable(&model, &format!("failed to load: {reason}")).into_response()
+        }
+        Some(ModelState::Ready(m) | ModelState::Unloading(m)) => m,
+        Some(s @ ModelState::Loading { .. }) => {
+            return (StatusCode::OK, Json(serde_json::json!({"model": model, "status": s.label()}))).into_response()
+        }
+    };
+    // The engine thread answers a stats query unless it died.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), served.engine.stats()).await {
+        Ok(Ok(_)) => (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response(),
+        Ok(Err(e)) => ApiError::model_unavailable(&served.name, &format!("has no running engine: {e}")).into_response(),
+        Err(_) => ApiError::model_unavailable(&served.name, "did not answer within 5 s").into_response(),
     }
+}
+
+/// Requests are accepted: the models given at startup are loaded and one is ready (503 before
+/// and while shutting down). With `?model=`, that model is ready (503 with its state otherwise).
+#[utoipa::path(get, path = "/ready", params(ModelQuery), responses((status = 200), (status = 503, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn ready(State(state): State<Arc<AppState>>, Query(q): Query<ModelQuery>) -> Response {
+    if state.shutting_down() {
+        return ApiError::shutting_down().into_response();
+    }
+    if let Some(model) = q.model {
+        return match state.resolve(&model) {
+            Ok((served, _)) => (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let models: Vec<String> = state.registry.ready().iter().map(|m| m.name.clone()).collect();
+    if !state.started() || models.is_empty() {
+        return ApiError::not_ready().into_response();
+    }
+    (StatusCode::OK, Json(serde_json::json!({"status": "ready", "models": models}))).into_response()
 }
 
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -337,6 +337,9 @@ pub struct LoadLoraAdapterRequest {
     /// The PEFT adapter directory (adapter_config.json + adapter_model.safetensors), relative
     /// to `--lora-dir` or absolute inside it.
     pub lora_path: String,
+    /// The base model to add it to (flint extension); may be left out when one model is served.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// `POST /v1/unload_lora_adapter`.

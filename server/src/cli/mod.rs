@@ -15,6 +15,9 @@ use flint_engine::models::source::{self, ModelRef, ResolveOptions};
 #[derive(Parser, Debug)]
 #[command(name = "flint", version, about)]
 pub struct Cli {
+    /// Log format on stderr: text or json (one JSON object per line).
+    #[arg(long, global = true, env = "FLINT_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logs::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -1,34 +1,55 @@
-//! `flint serve`: the OpenAI-compatible HTTP server. It listens at once (`/health` answers,
-//! `/ready` is 503) while the model loads, then serves; SIGTERM/SIGINT stop new requests and
-//! let in-flight ones finish before the process exits. `--lora` adapters are loaded before the
-//! server reports ready; startup fails if one cannot be.
+//! `flint serve`: the HTTP server (OpenAI, Ollama and admin routes). It listens at once
+//! (`/health` answers, `/ready` is 503) while the models load, then serves; SIGTERM/SIGINT stop
+//! new requests and let in-flight ones finish before the process exits. Each `--model` (a
+//! directory, a GGUF file, a Hugging Face id or a catalog name) and each catalog entry with
+//! `load = true` is loaded at startup; startup fails if one cannot be. `--lora` adapters go on
+//! the first model and are loaded before the server reports ready.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::Args;
-use flint_engine::{
-    models::{parse_dtype, LoadOptions},
-    EngineHandle,
-};
+use flint_engine::models::parse_dtype;
 
 use super::engine_args::{EngineArgs, LoraArgs};
 use crate::{
-    api::{self, lora::check_name, AppState, Served, ServerConfig},
-    chat_template::ChatTemplate,
+    api::{self, lora::check_name, AppState, ServerConfig},
+    registry::{check_model_name, Catalog, KeepAlive, Launcher, LoadOverrides, LoadRequest, ModelRegistry, Source},
 };
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Model directory or Hugging Face repo id; default: SmolLM2-135M-Instruct.
-    #[arg(long, env = "FLINT_MODEL")]
-    pub model: Option<String>,
+    /// Model to load at startup: a directory, a .gguf file, a Hugging Face repo id or a
+    /// `--catalog` name (repeatable: several models at once); default: SmolLM2-135M-Instruct
+    /// when neither this nor a catalog entry with `load = true` is given.
+    #[arg(long, env = "FLINT_MODEL", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub model: Vec<String>,
+    /// TOML catalog of friendly model names (directories, GGUF files, options; see the README).
+    #[arg(long, env = "FLINT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Directory that `POST /admin/models/load` may load model paths from (repeatable); without
+    /// it the admin routes load catalog names only.
+    #[arg(long, env = "FLINT_MODEL_ROOT", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub model_root: Vec<PathBuf>,
+    /// How long a model stays loaded once idle (`5m`, `1h`, seconds; `-1`: forever), unless its
+    /// catalog entry, load request or an Ollama request says otherwise.
+    #[arg(long, env = "FLINT_KEEP_ALIVE", default_value = "-1", value_parser = KeepAlive::parse, allow_hyphen_values = true)]
+    pub keep_alive: KeepAlive,
+    /// Longest an unload waits for the model's running requests, in seconds.
+    #[arg(long, env = "FLINT_UNLOAD_DRAIN_TIMEOUT", default_value_t = 60.0)]
+    pub unload_drain_timeout: f64,
     /// Address to bind (use 0.0.0.0 to accept connections from other machines).
     #[arg(long, env = "FLINT_HOST", default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, env = "FLINT_PORT", default_value_t = 8000)]
     pub port: u16,
-    /// The name clients pass as `model` (default: the model directory's name).
+    /// The name clients pass as `model` (default: the model directory's name); only with one
+    /// `--model`.
     #[arg(long, env = "FLINT_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
     /// Require this key (`Authorization: Bearer KEY` or `X-API-Key: KEY`) on every route but
@@ -59,36 +80,59 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let dir = super::resolve_model(args.model.as_deref())?;
     let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
-    let load = LoadOptions { device: super::run::device()?, dtype };
-    let name = args.served_model_name.clone().unwrap_or_else(|| {
-        dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
-    });
-    let mut cfg = args.engine.config(&dir, load);
-    cfg.lora = args.lora.settings();
+    let catalog = match &args.catalog {
+        Some(path) => Catalog::load(path)?,
+        None => Catalog::default(),
+    };
+    let launcher = Launcher {
+        engine: args.engine.clone(),
+        device: super::run::device()?,
+        dtype,
+        lora: args.lora.settings(),
+        convert_dir: super::flint_home().join("converted"),
+        allow_download: true,
+        keep_alive: args.keep_alive,
+    };
+    let startup = startup_models(&args, &catalog)?;
     let lora_dir = match &args.lora.lora_dir {
         Some(d) if !d.is_dir() => anyhow::bail!("--lora-dir {} is not a directory", d.display()),
         Some(d) => Some(std::fs::canonicalize(d).with_context(|| format!("--lora-dir {}", d.display()))?),
         None => None,
     };
+    let mut model_roots = Vec::new();
+    for r in &args.model_root {
+        model_roots.push(std::fs::canonicalize(r).with_context(|| format!("--model-root {}", r.display()))?);
+    }
     let adapters = args.lora.modules();
     for m in &adapters {
-        check_name(&name, &m.name).map_err(|e| anyhow::anyhow!("--lora {}={}: {}", m.name, m.path.display(), e.message))?;
+        check_name(&startup[0].name, &m.name)
+            .map_err(|e| anyhow::anyhow!("--lora {}={}: {}", m.name, m.path.display(), e.message))?;
     }
-    let state = AppState::new(ServerConfig {
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        max_waiting_requests: args.max_waiting_requests,
-        max_num_seqs: cfg.max_num_seqs,
-        max_body_bytes: args.max_body_bytes,
-        cors_origins: args.cors_origin.clone(),
-        lora_dir,
-    });
+    let mut registry = ModelRegistry::new(Some(Arc::new(launcher)), catalog);
+    if !(args.unload_drain_timeout >= 0.0 && args.unload_drain_timeout.is_finite()) {
+        anyhow::bail!("--unload-drain-timeout must be >= 0 seconds");
+    }
+    registry.drain_timeout = Duration::from_secs_f64(args.unload_drain_timeout);
+    let registry = Arc::new(registry);
+    let state = AppState::with_registry(
+        ServerConfig {
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            max_waiting_requests: args.max_waiting_requests,
+            max_num_seqs: args.engine.max_num_seqs,
+            max_body_bytes: args.max_body_bytes,
+            cors_origins: args.cors_origin.clone(),
+            lora_dir,
+            model_roots,
+        },
+        registry.clone(),
+    );
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!("listening on http://{addr} (model {name} loading)");
+    let names: Vec<&str> = startup.iter().map(|r| r.name.as_str()).collect();
+    tracing::info!("listening on http://{addr} (loading {})", names.join(", "));
 
     let app = api::router(state.clone());
     let server = tokio::spawn({
@@ -104,26 +148,74 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
-    let loading = tokio::task::spawn_blocking(move || -> anyhow::Result<Served> {
-        let engine = EngineHandle::start(cfg).with_context(|| format!("loading the model in {}", dir.display()))?;
-        let template = ChatTemplate::from_tokenizer_config(&engine.tokenizer().template_config())?;
-        if template.is_none() {
-            tracing::warn!("{} has no chat template: /v1/chat/completions will answer 400", dir.display());
-        }
-        Ok(Served { engine, name, template, created: chrono::Utc::now().timestamp() })
-    });
-    let served = loading.await.context("the loading task failed")??;
+    for req in &startup {
+        registry.start_load(req.clone()).map_err(|e| anyhow::anyhow!("{}: {}", req.name, e.message))?;
+    }
+    for req in &startup {
+        registry
+            .wait_ready(&req.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("model `{}` ({}): {}", req.name, req.source, e.message))?;
+    }
+    let first = registry.wait_ready(&startup[0].name).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     for m in adapters {
-        served
+        first
             .engine
             .load_adapter(&m.name, m.path.clone())
             .await
             .with_context(|| format!("loading LoRA adapter `{}` (--lora) from {}", m.name, m.path.display()))?;
     }
-    tracing::info!("ready: serving `{}` at http://{addr}/v1", served.name);
-    state.set_model(served);
+    drop(first);
+    registry.spawn_reaper(Duration::from_secs(1));
+    state.set_started();
+    tracing::info!("ready: serving {} at http://{addr}/v1 (Ollama API at http://{addr}/api)", names.join(", "));
     server.await.context("the server task failed")?.context("the HTTP server failed")?;
     Ok(())
+}
+
+/// What to load at startup: each `--model` (a catalog name, or a directory / .gguf file / Hub
+/// id), then the catalog's `load = true` entries; the default model when that is nothing.
+fn startup_models(args: &ServeArgs, catalog: &Catalog) -> anyhow::Result<Vec<LoadRequest>> {
+    if args.served_model_name.is_some() && args.model.len() > 1 {
+        anyhow::bail!("--served-model-name names one model; with several --model, name them in a --catalog");
+    }
+    let mut out: Vec<LoadRequest> = Vec::new();
+    for m in &args.model {
+        if let Some(entry) = catalog.get(m) {
+            out.push(entry.request.clone());
+            continue;
+        }
+        let path = Path::new(m);
+        let gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file();
+        let source = if gguf { Source::Gguf(path.to_owned()) } else { Source::Dir(super::resolve_model(Some(m))?) };
+        let stem = match &source {
+            Source::Gguf(p) => p.file_stem(),
+            Source::Dir(d) => d.file_name(),
+            Source::Hub(_) => None,
+        };
+        let name = stem.map_or_else(|| m.clone(), |n| n.to_string_lossy().into_owned());
+        out.push(LoadRequest { name, source, overrides: LoadOverrides::default(), keep_alive: None });
+    }
+    for entry in catalog.entries().filter(|e| e.load_at_start) {
+        if !out.iter().any(|r| r.name == entry.request.name) {
+            out.push(entry.request.clone());
+        }
+    }
+    if out.is_empty() {
+        let dir = super::resolve_model(None)?;
+        let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        out.push(LoadRequest { name, source: Source::Dir(dir), overrides: LoadOverrides::default(), keep_alive: None });
+    }
+    if let (Some(name), [one]) = (&args.served_model_name, out.as_mut_slice()) {
+        one.name = name.clone();
+    }
+    for (i, r) in out.iter().enumerate() {
+        check_model_name(&r.name).map_err(|e| anyhow::anyhow!("{e} (--served-model-name or a catalog name)"))?;
+        if out[..i].iter().any(|o| o.name == r.name) {
+            anyhow::bail!("two startup models are named `{}`; name them apart in a --catalog", r.name);
+        }
+    }
+    Ok(out)
 }
 
 async fn shutdown_signal() {

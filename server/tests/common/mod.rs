@@ -57,7 +57,7 @@ pub fn served_with(dir: &Path, lora: Option<LoraSettings>) -> Served {
     let engine = EngineHandle::start(cfg).expect("the tiny model loads");
     let template = ChatTemplate::from_tokenizer_config(&engine.tokenizer().template_config()).unwrap();
     assert!(template.is_some());
-    Served { engine, name: MODEL.into(), template, created: 0 }
+    Served::new(engine, MODEL, template)
 }
 
 pub fn config() -> ServerConfig {
@@ -68,6 +68,7 @@ pub fn config() -> ServerConfig {
         max_body_bytes: 1 << 20,
         cors_origins: Vec::new(),
         lora_dir: None,
+        model_roots: Vec::new(),
     }
 }
 

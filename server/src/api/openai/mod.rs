@@ -43,9 +43,9 @@ pub fn new_id(prefix: &str) -> String {
 /// Resolves `model` (the base model: `None`; a loaded LoRA adapter: `Some(its name)`; 404
 /// otherwise) and takes an admission permit.
 pub fn admit(state: &Arc<AppState>, model: &str) -> Result<(Arc<Served>, Option<String>, Permit), ApiError> {
-    let served = state.model()?;
-    let adapter = served.resolve(model)?;
-    Ok((served, adapter, state.admit()?))
+    let (served, adapter) = state.resolve(model)?;
+    let permit = state.admit(&served)?;
+    Ok((served, adapter, permit))
 }
 
 /// Queues one engine request on the base model or on `adapter`. An adapter unloaded since
