@@ -44,6 +44,16 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The flags' defaults (as if none were given).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: EngineArgs,
+        }
+        <Only as clap::Parser>::parse_from(["flint"]).args
+    }
+
     pub fn config(&self, model_dir: &Path, load: LoadOptions) -> EngineConfig {
         let mut cfg = EngineConfig::new(model_dir, load);
         cfg.block_size = self.block_size;
