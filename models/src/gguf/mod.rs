@@ -15,7 +15,6 @@ mod reader;
 mod tokenizer;
 mod value;
 
-#[cfg(test)]
 mod test_writer;
 #[cfg(test)]
 mod tests;
@@ -318,4 +317,13 @@ fn dir_size(dir: &Path) -> Result<u64, GgufError> {
         }
     }
     Ok(total)
+}
+
+/// Synthetic GGUF files for tests in other crates (a catalog entry that converts one).
+#[doc(hidden)]
+pub mod testing {
+    /// A 2-layer llama GGUF (F32 and Q8_0 tensors, tied embeddings, a tiny BPE vocab).
+    pub fn tiny_llama_gguf() -> Vec<u8> {
+        super::test_writer::tiny_llama().0.build()
+    }
 }

@@ -1,4 +1,7 @@
-//! A tiny GGUF writer for tests, and a synthetic llama model built with it.
+//! A tiny GGUF writer for tests, and a synthetic llama model built with it (also behind
+//! [`super::testing`] for other crates' tests, so parts are unused in a normal build).
+
+#![allow(dead_code)]
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
