@@ -63,3 +63,10 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def ollama_client(server):
+    import ollama
+
+    return ollama.Client(host=server, headers={"Authorization": f"Bearer {API_KEY}"})

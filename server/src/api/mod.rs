@@ -35,7 +35,7 @@ use axum::{
     extract::{DefaultBodyLimit, FromRequest, Request, State},
     http::{HeaderMap, HeaderValue, Method},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
@@ -222,20 +222,36 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     bearer.or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
 }
 
-async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+/// Ollama's routes answer errors in Ollama's shape (`{"error": "..."}`), which its clients read.
+fn is_ollama_path(path: &str) -> bool {
+    path == "/" || path.starts_with("/api/")
+}
+
+/// An error in the shape the route's clients expect.
+pub fn error_response(path: &str, e: ApiError) -> Response {
+    if is_ollama_path(path) {
+        ollama::OllamaError(e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
+async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
-    let open = matches!(req.uri().path(), "/health" | "/ready") || req.method() == Method::OPTIONS;
+    let path = req.uri().path().to_owned();
+    // Probes: liveness, readiness, and Ollama's `GET /` ("Ollama is running").
+    let open = matches!(path.as_str(), "/health" | "/ready" | "/") || req.method() == Method::OPTIONS;
     // Admin routes load and unload models: never without a key.
-    if state.config.api_key.is_none() && req.uri().path().starts_with("/admin") {
-        return Err(ApiError::forbidden("the admin routes need the server to be started with --api-key"));
+    if state.config.api_key.is_none() && path.starts_with("/admin") {
+        return ApiError::forbidden("the admin routes need the server to be started with --api-key").into_response();
     }
     if let (Some(key), false) = (&state.config.api_key, open) {
         match presented_key(req.headers()) {
             Some(k) if same_key(k, key.as_bytes()) => {}
-            _ => return Err(ApiError::unauthorized()),
+            _ => return error_response(&path, ApiError::unauthorized()),
         }
     }
-    Ok(next.run(req).await)
+    next.run(req).await
 }
 
 /// Every route, with auth, body limit and (if configured) CORS.
@@ -272,7 +288,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(allow)
-                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
                 .allow_headers(tower_http::cors::Any),
         );
     }

@@ -34,7 +34,12 @@ use crate::registry::ModelState;
         super::lora::unload_lora_adapter,
         health,
         ready,
-        super::metrics::metrics
+        super::metrics::metrics,
+        super::admin::list,
+        super::admin::get,
+        super::admin::load,
+        super::admin::unload,
+        super::admin::switch
     ),
     components(schemas(
         ChatCompletionRequest,
@@ -45,7 +50,11 @@ use crate::registry::ModelState;
         ModelCard,
         LoadLoraAdapterRequest,
         UnloadLoraAdapterRequest,
-        ErrorBody
+        ErrorBody,
+        super::admin::LoadModelRequest,
+        super::admin::UnloadModelRequest,
+        super::admin::SwitchModelRequest,
+        crate::registry::ModelStatus
     ))
 )]
 struct ApiDoc;
@@ -165,8 +174,8 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    super::error_response(uri.path(), ApiError::not_found(format!("no route for {}", uri.path())))
 }
 
 /// A dependency-free docs page rendered from `/openapi.json`.
