@@ -135,7 +135,7 @@ pub fn confine(dir: &Path, raw: &str, param: &str, flag: &str) -> Result<PathBuf
         return Err(outside());
     }
     let gguf = real.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if !real.is_dir() && !(gguf && real.is_file()) {
+    if !(real.is_dir() || gguf && real.is_file()) {
         return Err(bad(format!("`{param}` {raw:?} is not a directory")));
     }
     Ok(real)

@@ -148,14 +148,14 @@ impl Metrics {
         let name = "flint_models_loaded";
         family(&mut out, name, "Models ready to serve.", "gauge");
         let _ = writeln!(out, "{name} {}", engines.len());
-        let gauges: [(&str, &str, fn(&EngineGauges) -> f64); 5] = [
+        let gauges: [Family<GaugeOf>; 5] = [
             ("vllm:num_requests_running", "Requests in model execution batches.", |g| g.running as f64),
             ("vllm:num_requests_waiting", "Requests waiting to be processed.", |g| g.waiting as f64),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", |g| g.kv_cache_usage),
             ("flint_lora_adapters_loaded", "LoRA adapters loaded (servable by name).", |g| g.adapters_loaded as f64),
             ("flint_lora_adapters_resident", "LoRA adapters resident in the model's slots.", |g| g.adapters_resident as f64),
         ];
-        let counters: [(&str, &str, fn(&EngineGauges) -> u64); 4] = [
+        let counters: [Family<CounterOf>; 4] = [
             ("vllm:num_preemptions_total", "Cumulative number of preemptions.", |g| g.preemptions),
             ("vllm:prefix_cache_queries_total", "Prefix-cache queries, in prompt tokens.", |g| g.prefix_cache_queries),
             ("vllm:prefix_cache_hits_total", "Prefix-cache hits, in prompt tokens.", |g| g.prefix_cache_hits),
@@ -188,7 +188,7 @@ impl Metrics {
                 sample(&mut out, name, &l, c.load(Ordering::Relaxed) as f64);
             }
         }
-        let hists: [(&str, &str, fn(&ModelMetrics) -> &Histogram); 3] = [
+        let hists: [Family<HistogramOf>; 3] = [
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", |m| &m.ttft),
             ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", |m| &m.itl),
             ("vllm:e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.", |m| &m.e2e),
@@ -202,6 +202,12 @@ impl Metrics {
         out
     }
 }
+
+/// A metric family: name, help text, and how to read a sample.
+type Family<F> = (&'static str, &'static str, F);
+type GaugeOf = fn(&EngineGauges) -> f64;
+type CounterOf = fn(&EngineGauges) -> u64;
+type HistogramOf = fn(&ModelMetrics) -> &Histogram;
 
 /// The engine's state for one scrape.
 #[derive(Clone, Debug, Default)]
