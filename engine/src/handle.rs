@@ -92,6 +92,8 @@ pub struct EngineInfo {
     pub dtype: String,
     /// Bytes the weights take on the device (parameters × dtype size; LoRA slots excluded).
     pub weight_bytes: u64,
+    /// Where the model runs (fine-tuning trains there too).
+    pub device: flint_models::Device,
     pub eos_ids: Vec<u32>,
     pub lora: Option<LoraSettings>,
 }
@@ -355,6 +357,7 @@ fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
         kv_cache_bytes,
         dtype: loaded.dtype.as_str().to_owned(),
         weight_bytes: loaded.config.num_parameters() * loaded.dtype.size_in_bytes() as u64,
+        device: loaded.device.clone(),
         eos_ids: eos_ids.clone(),
         lora: cfg.lora,
     };

@@ -14,11 +14,14 @@
 //! - [`Detokenizer`]: incremental, UTF-8-correct text deltas from token ids.
 //! - [`lora`]: LoRA adapters by name ([`AdapterInfo`]), loaded at runtime, leased by requests
 //!   and kept in the model's bounded slots ([`LoraSettings`]).
+//! - [`finetune`]: LoRA supervised fine-tuning of the served base model ([`finetune::train`]
+//!   over token-level [`finetune::TrainExample`]s; the result saves as a PEFT adapter).
 //! - [`EngineError`]: this layer's one error type.
 
 pub mod core;
 pub mod detokenizer;
 pub mod error;
+pub mod finetune;
 pub mod generate;
 pub mod handle;
 pub mod ids;

@@ -22,6 +22,8 @@ pub enum ModelError {
     InvalidAdapter { path: PathBuf, reason: String },
     #[error("loading weights from {dir}: {source}")]
     Weights { dir: PathBuf, source: candle_core::Error },
+    #[error("invalid LoRA training setting `{field}`: {reason}")]
+    InvalidLoraSpec { field: &'static str, reason: String },
     #[error("unsupported dtype {0:?} (use f32, bf16 or f16)")]
     UnsupportedDType(String),
     #[error(transparent)]

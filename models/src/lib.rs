@@ -12,6 +12,8 @@
 //!   shared layers in `layers/` and shaped like the HF checkpoint.
 //! - [`LoraAdapter`]: a PEFT LoRA adapter read and checked against the base model; models put
 //!   adapters into slots ([`Model::set_lora_slot`]) and apply them per token.
+//! - [`TrainableModel`]: the same decoder in differentiable ops with trainable LoRA
+//!   adapters ([`LoraSpec`]), for fine-tuning; saves PEFT adapters.
 //! - [`gguf`]: GGUF → Hugging Face directory converter; [`source`]: model references (local
 //!   directories or Hugging Face repo ids).
 
@@ -26,6 +28,7 @@ pub mod layers;
 pub mod loader;
 pub mod lora;
 pub mod source;
+pub mod train;
 
 pub use batch::{ForwardBatch, LogitsRows, SeqInput};
 pub use candle_core::{DType, Device, Tensor};
@@ -35,6 +38,7 @@ pub use error::ModelError;
 pub use kv_cache::{KvCache, KvCacheSpec};
 pub use loader::{load, parse_dtype, GenerationConfig, LoadOptions, LoadedModel};
 pub use lora::{LoraAdapter, TargetModule};
+pub use train::{LoraSpec, TrainableModel};
 
 use candle_core::Result;
 

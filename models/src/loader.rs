@@ -170,7 +170,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Checks the header of a safetensors file (offsets within the file, known dtypes) so a
 /// corrupt file is reported by name before any tensor is read.
-fn check_safetensors(path: &Path) -> Result<()> {
+pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
     let corrupt = |reason: String| ModelError::CorruptWeights { path: path.to_owned(), reason };
     let file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     // SAFETY: read-only map of a file we only read; see `load`.

@@ -64,7 +64,7 @@ impl TargetModule {
     }
 
     /// The sub-module of a decoder layer holding this projection.
-    fn block(self) -> &'static str {
+    pub(crate) fn block(self) -> &'static str {
         match self {
             Self::Q | Self::K | Self::V | Self::O => "self_attn",
             _ => "mlp",

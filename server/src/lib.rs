@@ -9,6 +9,8 @@
 //!   ([`chat_template::ChatTemplate`]).
 //! - [`registry`]: runtime model management ([`registry::ModelRegistry`]: several models,
 //!   loading / ready / failed / unloading, switch, idle unload; the TOML catalog).
+//! - [`finetune`]: OpenAI-style fine-tuning (files, jobs, LoRA training on the served model),
+//!   persisted in SQLite under `--data-dir`.
 //! - [`logs`]: `tracing` setup (`FLINT_LOG` filter, text or JSON on stderr) and the ring of
 //!   recent lines that `GET /admin/logs` reads.
 //!
@@ -18,5 +20,6 @@ pub mod api;
 pub mod bench;
 pub mod chat_template;
 pub mod cli;
+pub mod finetune;
 pub mod registry;
 pub mod logs;

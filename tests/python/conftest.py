@@ -4,9 +4,12 @@ FLINT_BIN points at the binary (default target/release/flint). The server gets a
 port, an API key, and small limits so the error paths (413, 429) are reachable.
 """
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +30,12 @@ def free_port() -> int:
 def start_server(*extra: str, api_key: str | None = API_KEY):
     binary = os.environ.get("FLINT_BIN", str(ROOT / "target" / "release" / "flint"))
     port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="flint-data-")
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     args = [binary, "serve", "--port", str(port), "--served-model-name", MODEL,
-            "--kv-cache-memory", "512MiB", "--max-body-bytes", "65536", *extra]
+            "--kv-cache-memory", "512MiB", "--max-body-bytes", "65536",
+            # Fine-tuning files and jobs: a fresh store per server, so runs never see each other's.
+            "--data-dir", data_dir, *extra]
     env = dict(os.environ)
     env.pop("FLINT_API_KEY", None)
     if api_key:

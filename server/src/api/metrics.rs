@@ -303,7 +303,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             });
         }
     }
-    let body = state.metrics.render(&gauges);
+    let mut body = state.metrics.render(&gauges);
+    if let Some(ft) = &state.finetune {
+        let name = "flint_fine_tuning_jobs";
+        let _ = writeln!(body, "# HELP {name} Fine-tuning jobs by status.\n# TYPE {name} gauge");
+        for (status, n) in ft.counts() {
+            let _ = writeln!(body, "{name}{{status=\"{status}\"}} {n}");
+        }
+    }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
 }
 

@@ -5,6 +5,7 @@
 //! - `metrics`: `/metrics` (Prometheus, vLLM's metric names);
 //! - `lora`: `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` (vLLM's), confined to `--lora-dir`;
 //! - `ollama`: Ollama's API (`/api/generate`, `/api/chat`, `/api/tags`, …, `GET /`);
+//! - `files`, `fine_tuning`: OpenAI's files and fine-tuning routes (`--data-dir`);
 //! - `admin`: `/admin/models…` (load, unload, switch, status) and `/admin/logs`, key required;
 //! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
 //! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
@@ -14,6 +15,8 @@
 
 pub mod admin;
 pub mod error;
+pub mod files;
+pub mod fine_tuning;
 pub mod logs;
 pub mod lora;
 pub mod metrics;
@@ -43,7 +46,10 @@ use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
-use crate::registry::ModelRegistry;
+use crate::{
+    finetune::{store::Store, FineTuning},
+    registry::ModelRegistry,
+};
 
 pub use crate::registry::Served;
 
@@ -63,6 +69,11 @@ pub struct ServerConfig {
     /// `--model-root`: the directories `POST /admin/models/load` may load paths from (catalog
     /// names load from anywhere the catalog says).
     pub model_roots: Vec<PathBuf>,
+    /// `--data-dir`: uploaded files, fine-tuning jobs and trained adapters (SQLite + files);
+    /// `None` turns the files and fine-tuning routes off.
+    pub data_dir: Option<PathBuf>,
+    /// Largest file upload (`POST /v1/files`), in bytes.
+    pub max_upload_bytes: usize,
 }
 
 /// Shared by every handler.
@@ -73,6 +84,10 @@ pub struct AppState {
     in_flight: AtomicUsize,
     /// Set once the models given at startup are loaded: `/ready` waits for it.
     started: AtomicBool,
+    /// Files and fine-tuning records (`--data-dir`).
+    pub store: Option<Arc<Store>>,
+    /// The fine-tuning service (`--data-dir`).
+    pub finetune: Option<Arc<FineTuning>>,
     shutting_down: AtomicBool,
     /// What `/metrics` reports beyond the engine's own counters.
     pub metrics: metrics::Metrics,
@@ -84,8 +99,36 @@ impl AppState {
         Self::with_registry(config, Arc::new(ModelRegistry::new(None, Default::default())))
     }
 
+    /// The server's state; opens the store under `config.data_dir` (a failure is logged and
+    /// leaves the files routes off; [`Self::build`] returns it instead).
     pub fn with_registry(config: ServerConfig, registry: Arc<ModelRegistry>) -> Arc<Self> {
+        Self::build(config, registry).unwrap_or_else(|(e, state)| {
+            tracing::error!("fine-tuning storage is off: {e:#}");
+            state
+        })
+    }
+
+    /// Like [`Self::with_registry`], but a store that cannot be opened is an error (with the
+    /// state without it).
+    #[allow(clippy::result_large_err)]
+    pub fn build(config: ServerConfig, registry: Arc<ModelRegistry>) -> Result<Arc<Self>, (anyhow::Error, Arc<Self>)> {
+        let finetune = match &config.data_dir {
+            Some(dir) => match FineTuning::open(dir.clone(), registry.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let err = anyhow::anyhow!("--data-dir {}: {e:#}", dir.display());
+                    return Err((err, Self::assemble(config, registry, None)));
+                }
+            },
+            None => None,
+        };
+        Ok(Self::assemble(config, registry, finetune))
+    }
+
+    fn assemble(config: ServerConfig, registry: Arc<ModelRegistry>, finetune: Option<Arc<FineTuning>>) -> Arc<Self> {
         Arc::new(Self {
+            store: finetune.as_ref().map(|f| f.store().clone()),
+            finetune,
             config,
             registry,
             in_flight: AtomicUsize::new(0),
@@ -272,6 +315,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/models/switch", post(admin::switch))
         .route("/admin/models/{name}", get(admin::get))
         .route("/admin/logs", get(logs::recent_logs))
+        .route("/v1/fine_tuning/jobs", post(fine_tuning::create).get(fine_tuning::list_jobs))
+        .route("/v1/fine_tuning/jobs/{id}", get(fine_tuning::get_job))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(fine_tuning::cancel))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(fine_tuning::events))
+        .route("/v1/fine_tuning/jobs/{id}/checkpoints", get(fine_tuning::checkpoints))
+        .merge(files::routes(state.config.max_upload_bytes))
         .merge(ollama::routes())
         .route("/openapi.json", get(ops::openapi))
         .route("/docs", get(ops::docs))

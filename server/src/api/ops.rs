@@ -39,7 +39,18 @@ use crate::registry::ModelState;
         super::admin::get,
         super::admin::load,
         super::admin::unload,
-        super::admin::switch
+        super::admin::switch,
+        super::files::upload_file,
+        super::files::list_files,
+        super::files::retrieve_file,
+        super::files::file_content,
+        super::files::delete_file,
+        super::fine_tuning::create,
+        super::fine_tuning::list_jobs,
+        super::fine_tuning::get_job,
+        super::fine_tuning::cancel,
+        super::fine_tuning::events,
+        super::fine_tuning::checkpoints
     ),
     components(schemas(
         ChatCompletionRequest,
@@ -54,7 +65,11 @@ use crate::registry::ModelState;
         super::admin::LoadModelRequest,
         super::admin::UnloadModelRequest,
         super::admin::SwitchModelRequest,
-        crate::registry::ModelStatus
+        crate::registry::ModelStatus,
+        crate::finetune::store::FileObject,
+        super::files::FileList,
+        super::files::FileDeleted,
+        crate::finetune::job::CreateJob
     ))
 )]
 struct ApiDoc;

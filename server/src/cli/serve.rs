@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// catalog entry, load request or an Ollama request says otherwise.
     #[arg(long, env = "FLINT_KEEP_ALIVE", default_value = "-1", value_parser = KeepAlive::parse, allow_hyphen_values = true)]
     pub keep_alive: KeepAlive,
+    /// Keep uploaded files, fine-tuning jobs and trained adapters here (SQLite + files); turns
+    /// on `/v1/files` and `/v1/fine_tuning/jobs` (and LoRA, to serve what is trained).
+    #[arg(long, env = "FLINT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest file upload, e.g. `512MiB`.
+    #[arg(long, env = "FLINT_MAX_UPLOAD_BYTES", default_value = "512MiB", value_parser = super::engine_args::parse_size)]
+    pub max_upload_bytes: u64,
     /// Longest an unload waits for the model's running requests, in seconds.
     #[arg(long, env = "FLINT_UNLOAD_DRAIN_TIMEOUT", default_value_t = 60.0)]
     pub unload_drain_timeout: f64,
@@ -89,7 +96,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: args.engine.clone(),
         device: super::run::device()?,
         dtype,
-        lora: args.lora.settings(),
+        // Fine-tuned adapters are served through LoRA slots.
+        lora: args.lora.settings().or(args.data_dir.as_ref().map(|_| Default::default())),
         convert_dir: super::flint_home().join("converted"),
         allow_download: true,
         keep_alive: args.keep_alive,
@@ -115,7 +123,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     registry.drain_timeout = Duration::from_secs_f64(args.unload_drain_timeout);
     let registry = Arc::new(registry);
-    let state = AppState::with_registry(
+    let state = AppState::build(
         ServerConfig {
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             max_waiting_requests: args.max_waiting_requests,
@@ -124,9 +132,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cors_origins: args.cors_origin.clone(),
             lora_dir,
             model_roots,
+            data_dir: args.data_dir.clone(),
+            max_upload_bytes: usize::try_from(args.max_upload_bytes).unwrap_or(usize::MAX),
         },
         registry.clone(),
-    );
+    )
+    .map_err(|(e, _)| e)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
@@ -166,6 +177,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading LoRA adapter `{}` (--lora) from {}", m.name, m.path.display()))?;
     }
     drop(first);
+    if let Some(ft) = &state.finetune {
+        // Adapters trained before a restart are served again.
+        ft.restore_adapters().await;
+    }
     registry.spawn_reaper(Duration::from_secs(1));
     state.set_started();
     tracing::info!("ready: serving {} at http://{addr}/v1 (Ollama API at http://{addr}/api)", names.join(", "));

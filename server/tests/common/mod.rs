@@ -69,6 +69,8 @@ pub fn config() -> ServerConfig {
         cors_origins: Vec::new(),
         lora_dir: None,
         model_roots: Vec::new(),
+        data_dir: None,
+        max_upload_bytes: 1 << 20,
     }
 }
 

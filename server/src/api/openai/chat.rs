@@ -60,10 +60,23 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
-/// Renders the conversation and tokenizes it. Text typed by users that spells a special token
-/// stays text: the template is rendered with placeholders, and user text is encoded literally.
+/// Renders the conversation, ready for the assistant's answer, and tokenizes it.
 pub fn prompt_ids(tok: &Tokenizer, template: &ChatTemplate, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
-    let render = |m: &[ChatMessage]| template.render(m, true).map_err(|e| ApiError::invalid("messages", e.to_string()));
+    chat_ids(tok, template, msgs, true)
+}
+
+/// Renders the conversation (with the generation prompt or not) and tokenizes it. Text typed
+/// by users that spells a special token stays text: the template is rendered with
+/// placeholders, and user text is encoded literally.
+pub fn chat_ids(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    msgs: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let render = |m: &[ChatMessage]| {
+        template.render(m, add_generation_prompt).map_err(|e| ApiError::invalid("messages", e.to_string()))
+    };
     if !msgs.iter().any(|m| tok.contains_special_token(&m.content)) {
         return Ok(tok.encode_raw(&render(msgs)?)?);
     }
