@@ -42,6 +42,7 @@ fixtures: model
 	.venv-fixtures/bin/pip install -q -r scripts/requirements-fixtures.txt
 	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_fixtures.py --out tests/fixtures
 	HF_HUB_OFFLINE=1 .venv-fixtures/bin/python scripts/make_lora_fixtures.py --fixtures tests/fixtures
+	HF_HUB_OFFLINE=1 CARGO=$(CARGO) .venv-fixtures/bin/python scripts/make_ft_fixtures.py --fixtures tests/fixtures
 
 bench: model
 	$(CARGO) bench --bench decode --bench engine --bench scheduler
