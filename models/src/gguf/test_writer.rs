@@ -194,10 +194,10 @@ pub(crate) fn byte_chars() -> Vec<char> {
             let printable =
                 (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
             if printable {
-                char::from_u32(b).unwrap()
+                char::from_u32(b).expect("a byte is a char")
             } else {
                 n += 1;
-                char::from_u32(255 + n).unwrap()
+                char::from_u32(255 + n).expect("below the surrogates")
             }
         })
         .collect()
