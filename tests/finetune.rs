@@ -54,24 +54,6 @@ fn inference_logits(m: &LoadedModel, ids: &[u32], slot: Option<u32>) -> Tensor {
     m.model.forward(&batch, &kv).unwrap()
 }
 
-/// Greedy decoding through the paged cache.
-fn greedy(m: &LoadedModel, prompt: &[u32], n: usize, slot: Option<u32>) -> Vec<u32> {
-    let kv = KvCache::new(&m.model.kv_cache_spec(), (prompt.len() + n).div_ceil(4), 4, &Device::Cpu).unwrap();
-    let table: Vec<u32> = (0..kv.num_blocks() as u32).collect();
-    let (mut out, mut next, mut computed) = (Vec::new(), prompt.to_vec(), 0);
-    while out.len() < n {
-        let seq = SeqInput { new_tokens: &next, num_computed: computed, block_table: &table, logits: LogitsRows::Last };
-        let mut batch = ForwardBatch::new(&[seq], 4, &Device::Cpu).unwrap();
-        batch.set_lora_slots(&[slot]).unwrap();
-        let logits: Vec<f32> = m.model.forward(&batch, &kv).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
-        let tok = flint_engine::sampling::argmax(&logits);
-        computed += next.len();
-        out.push(tok);
-        next = vec![tok];
-    }
-    out
-}
-
 #[test]
 fn fresh_adapters_reproduce_transformers_and_the_engine() {
     for name in MODELS {
@@ -192,8 +174,8 @@ fn training_learns_the_password_and_serves_it_as_peft() {
     // Greedy decoding with the adapter answers the password; the base model does not.
     let prompt: Vec<u32> = "Q: what is the password? A:".bytes().map(u32::from).collect();
     let answer: Vec<u32> = " swordfish".bytes().map(u32::from).collect();
-    assert_eq!(greedy(&engine, &prompt, answer.len(), Some(0)), answer);
-    assert_ne!(greedy(&engine, &prompt, answer.len(), None), answer);
+    assert_eq!(common::greedy(&engine, &prompt, answer.len(), Some(0)), answer);
+    assert_ne!(common::greedy(&engine, &prompt, answer.len(), None), answer);
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod recipe;
 use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
-use flint_models::{load, ForwardBatch, KvCache, LoadOptions, LoadedModel, LogitsRows, LoraAdapter, ModelConfig, SeqInput};
+use flint_models::{load, LoadOptions, LoraAdapter, ModelConfig};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
@@ -32,39 +32,6 @@ fn peft_reference(arch: &str) -> (serde_json::Value, Vec<(Vec<u32>, Tensor)>) {
         .map(|(i, c)| (common::ids(&c["input_ids"]), want[&format!("case{i}")].clone()))
         .collect();
     (reference, cases)
-}
-
-/// Runs each `(ids, slot)` as one sequence of a single batch through the paged inference
-/// path and returns every position's logits per sequence.
-fn batch_logits(m: &LoadedModel, seqs: &[(Vec<u32>, Option<u32>)]) -> Vec<Tensor> {
-    let bs = 4;
-    let per: Vec<usize> = seqs.iter().map(|(p, _)| p.len().div_ceil(bs)).collect();
-    let kv = KvCache::new(&m.model.kv_cache_spec(), per.iter().sum::<usize>() + 1, bs, &Device::Cpu).unwrap();
-    let mut next = 1u32;
-    let tables: Vec<Vec<u32>> = per
-        .iter()
-        .map(|&n| {
-            let t = (next..next + n as u32).collect();
-            next += n as u32;
-            t
-        })
-        .collect();
-    let inputs: Vec<SeqInput> = seqs
-        .iter()
-        .zip(&tables)
-        .map(|((p, _), t)| SeqInput { new_tokens: p, num_computed: 0, block_table: t, logits: LogitsRows::All })
-        .collect();
-    let mut batch = ForwardBatch::new(&inputs, bs, &Device::Cpu).unwrap();
-    batch.set_lora_slots(&seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>()).unwrap();
-    let out = m.model.forward(&batch, &kv).unwrap();
-    let mut start = 0;
-    seqs.iter()
-        .map(|(p, _)| {
-            let t = out.narrow(0, start, p.len()).unwrap();
-            start += p.len();
-            t
-        })
-        .collect()
 }
 
 #[test]
@@ -86,7 +53,7 @@ fn flint_serves_its_trained_adapters_with_peft_logits() {
         let base_cases = candle_core::safetensors::load(base.join("reference_logits.safetensors"), &Device::Cpu).unwrap();
         let mut seqs: Vec<(Vec<u32>, Option<u32>)> = cases.iter().map(|(ids, _)| (ids.clone(), Some(0))).collect();
         seqs.push((cases[0].0.clone(), None));
-        let got = batch_logits(&m, &seqs);
+        let got = common::batch_logits(&m, &seqs);
         let mut worst = 0f32;
         for (i, (_, want)) in cases.iter().enumerate() {
             let diff = max_abs_diff(&got[i], want);

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use flint_models::{load, ForwardBatch, KvCache, LoadOptions, LoadedModel, LogitsRows, LoraAdapter, SeqInput};
+use flint_models::{load, LoadOptions, LoadedModel, LoraAdapter};
 
 const BASES: [&str; 2] = ["llama-gqa-tied", "qwen2"];
 const ADAPTERS: [&str; 3] = ["attn-r8", "all-r16-rslora", "mlp-r4"];
@@ -29,58 +29,6 @@ fn base_with_adapters(base: &str) -> (LoadedModel, serde_json::Value) {
     (m, reference)
 }
 
-/// Runs each `(prompt, slot)` as one sequence of a single batch and returns every position's
-/// logits per sequence.
-fn batch_logits(m: &LoadedModel, seqs: &[(Vec<u32>, Option<u32>)]) -> Vec<Tensor> {
-    let bs = 4;
-    let per: Vec<usize> = seqs.iter().map(|(p, _)| p.len().div_ceil(bs)).collect();
-    let kv = KvCache::new(&m.model.kv_cache_spec(), per.iter().sum::<usize>() + 1, bs, &Device::Cpu).unwrap();
-    let mut next = 1u32;
-    let tables: Vec<Vec<u32>> = per
-        .iter()
-        .map(|&n| {
-            let t = (next..next + n as u32).collect();
-            next += n as u32;
-            t
-        })
-        .collect();
-    let inputs: Vec<SeqInput> = seqs
-        .iter()
-        .zip(&tables)
-        .map(|((p, _), t)| SeqInput { new_tokens: p, num_computed: 0, block_table: t, logits: LogitsRows::All })
-        .collect();
-    let mut batch = ForwardBatch::new(&inputs, bs, &Device::Cpu).unwrap();
-    batch.set_lora_slots(&seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>()).unwrap();
-    let out = m.model.forward(&batch, &kv).unwrap();
-    let mut start = 0;
-    seqs.iter()
-        .map(|(p, _)| {
-            let t = out.narrow(0, start, p.len()).unwrap();
-            start += p.len();
-            t
-        })
-        .collect()
-}
-
-/// Greedy decoding of one sequence in `slot`, one token per step through the paged cache.
-fn greedy(m: &LoadedModel, prompt: &[u32], n: usize, slot: Option<u32>) -> Vec<u32> {
-    let bs = 4;
-    let kv = KvCache::new(&m.model.kv_cache_spec(), (prompt.len() + n).div_ceil(bs), bs, &Device::Cpu).unwrap();
-    let table: Vec<u32> = (0..kv.num_blocks() as u32).collect();
-    let (mut out, mut next, mut computed) = (Vec::new(), prompt.to_vec(), 0);
-    while out.len() < n {
-        let seq = SeqInput { new_tokens: &next, num_computed: computed, block_table: &table, logits: LogitsRows::Last };
-        let mut batch = ForwardBatch::new(&[seq], bs, &Device::Cpu).unwrap();
-        batch.set_lora_slots(&[slot]).unwrap();
-        let logits: Vec<f32> = m.model.forward(&batch, &kv).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
-        let tok = flint_engine::sampling::argmax(&logits);
-        computed += next.len();
-        out.push(tok);
-        next = vec![tok];
-    }
-    out
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
@@ -94,21 +42,21 @@ fn every_adapter_matches_peft_logits_and_greedy() {
             let r = &reference["adapters"][name];
             for (i, case) in r["logits_cases"].as_array().unwrap().iter().enumerate() {
                 let ids = common::ids(&case["input_ids"]);
-                let got = &batch_logits(&m, &[(ids, Some(slot as u32))])[0];
+                let got = &common::batch_logits(&m, &[(ids, Some(slot as u32))])[0];
                 let diff = max_abs_diff(got, &want[&format!("{name}/case{i}")]);
                 assert!(diff <= 1e-4, "{base}/{name} case {i}: max |diff| {diff}");
             }
             for case in r["greedy_cases"].as_array().unwrap() {
                 let prompt = common::ids(&case["prompt_ids"]);
                 let out = common::ids(&case["output_ids"]);
-                assert_eq!(greedy(&m, &prompt, out.len(), Some(slot as u32)), out, "{base}/{name} greedy from {prompt:?}");
+                assert_eq!(common::greedy(&m, &prompt, out.len(), Some(slot as u32)), out, "{base}/{name} greedy from {prompt:?}");
             }
         }
         // No slot: the base model, exactly.
         for case in reference["base_greedy_cases"].as_array().unwrap() {
             let prompt = common::ids(&case["prompt_ids"]);
             let out = common::ids(&case["output_ids"]);
-            assert_eq!(greedy(&m, &prompt, out.len(), None), out, "{base}/base greedy from {prompt:?}");
+            assert_eq!(common::greedy(&m, &prompt, out.len(), None), out, "{base}/base greedy from {prompt:?}");
         }
     }
 }
@@ -125,9 +73,9 @@ fn a_batch_mixing_adapters_and_the_base_matches_solo_runs() {
             (prompts[0].clone(), Some(0)),
             (prompts[2].clone(), None),
         ];
-        let together = batch_logits(&m, &seqs);
+        let together = common::batch_logits(&m, &seqs);
         for (i, s) in seqs.iter().enumerate() {
-            let alone = &batch_logits(&m, std::slice::from_ref(s))[0];
+            let alone = &common::batch_logits(&m, std::slice::from_ref(s))[0];
             let diff = max_abs_diff(&together[i], alone);
             // Matmul blocking depends on the batch size, so rows agree to float rounding.
             assert!(diff <= 1e-4, "{base}: sequence {i} ({:?}) differs in a mixed batch by {diff}", s.1);
