@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flint_models::LoraAdapter;
 
@@ -20,7 +21,7 @@ use crate::{
     lora::{AdapterLease, AdapterSlots},
     output::{RequestEvent, TokenLogprob},
     runner::ModelRunner,
-    sampling::{SampleContext, Sampler, SamplingParams},
+    sampling::{SampleContext, Sampler, SamplingDevice, SamplingParams},
     scheduler::{NewSeq, Scheduler, SchedulerOutput, SchedulerStats},
 };
 
@@ -62,6 +63,13 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// LoRA adapters resident in the model's slots.
     pub adapters_resident: usize,
+    /// Time spent in each phase of the steps so far, in microseconds: scheduling, the forward
+    /// pass (launch only on a GPU, unless step profiling synchronizes after it), and sampling
+    /// (on a GPU this includes waiting for the forward pass). A step profile is the difference
+    /// of two snapshots divided by the difference of `steps`.
+    pub schedule_micros: u64,
+    pub forward_micros: u64,
+    pub sample_micros: u64,
 }
 
 /// One running sample.
@@ -83,10 +91,20 @@ pub(crate) struct EngineCore {
     requests: HashMap<RequestId, Vec<SeqId>>,
     next_seq: u64,
     stats: EngineStats,
+    opts: CoreOptions,
+}
+
+/// How the engine thread runs its steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CoreOptions {
+    pub sampling: SamplingDevice,
+    /// Wait for the device after each forward pass, so the step profile splits forward and
+    /// sampling time on a GPU (costs the overlap of the two).
+    pub profile_sync: bool,
 }
 
 impl EngineCore {
-    pub fn new(scheduler: Scheduler, runner: ModelRunner, eos_ids: Vec<u32>) -> Self {
+    pub fn new(scheduler: Scheduler, runner: ModelRunner, eos_ids: Vec<u32>, opts: CoreOptions) -> Self {
         let adapters = AdapterSlots::new(runner.model().lora_slots());
         Self {
             scheduler,
@@ -97,6 +115,7 @@ impl EngineCore {
             requests: HashMap::new(),
             next_seq: 0,
             stats: EngineStats::default(),
+            opts,
         }
     }
 
@@ -243,7 +262,9 @@ impl EngineCore {
 
     /// One iteration: schedule, one forward pass, sample, update, emit.
     fn step(&mut self) {
+        let t0 = Instant::now();
         let out = self.scheduler.schedule();
+        self.stats.schedule_micros += t0.elapsed().as_micros() as u64;
         for &(seq, cached_tokens) in &out.started {
             self.emit(seq, |index| RequestEvent::Started { index, cached_tokens });
         }
@@ -278,31 +299,67 @@ impl EngineCore {
         }
     }
 
-    /// Runs the model and samples one token per sampling row.
+    /// Runs the model and samples one token per sampling row: rows whose sampler can run on
+    /// the device go through one `sample_rows` call there (only ids come back); the others
+    /// (logprobs, or host sampling) are copied to the host and use their [`Sampler`].
     fn run_and_sample(&mut self, out: &SchedulerOutput) -> crate::error::Result<Vec<(SeqId, u32, Option<TokenLogprob>)>> {
+        let t0 = Instant::now();
         // Unloaded adapters whose last request ended leave their slots first.
         self.adapters.collect();
         let mut needed: Vec<AdapterId> = out.seqs.iter().filter_map(|s| s.adapter).collect();
         needed.dedup();
         let slots = if needed.is_empty() { HashMap::new() } else { self.adapters.prepare(&needed, self.runner.model())? };
-        let mut logits = self.runner.execute(out, &slots)?;
+        let logits = self.runner.execute(out, &slots)?;
+        if self.opts.profile_sync {
+            self.runner.synchronize()?;
+        }
+        let t1 = Instant::now();
         self.stats.steps += 1;
         self.stats.computed_tokens += out.total_tokens as u64;
-        let mut sampled = Vec::with_capacity(logits.num_rows());
-        let mut row = 0;
-        for s in out.seqs.iter().filter(|s| s.samples) {
+        self.stats.forward_micros += (t1 - t0).as_micros() as u64;
+
+        let vocab = self.runner.config().vocab_size;
+        let on_device = self.opts.sampling.on_device(self.runner.on_gpu());
+        // Each sampling sequence still active goes to the device call (its row, its sequence,
+        // and its parameters pushed in the same order) or to the host.
+        let mut dev_rows: Vec<(usize, SeqId)> = Vec::new();
+        let (mut params, mut adjust) = (Vec::new(), Vec::new());
+        let mut host_rows: Vec<(usize, SeqId)> = Vec::new();
+        for (row, s) in out.seqs.iter().filter(|s| s.samples).enumerate() {
             let (Some(active), Some((prompt, output))) = (self.active.get_mut(&s.id), self.scheduler.tokens(s.id))
             else {
-                row += 1;
                 continue;
             };
-            let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
-            let tok = active.sampler.sample(logits.row_mut(row), &ctx);
-            row += 1;
-            let wants_logprobs = active.sampler.params().logprobs.is_some();
-            let lp = wants_logprobs.then_some(TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
-            sampled.push((s.id, tok.id, lp));
+            if on_device && active.sampler.device_capable() {
+                let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
+                params.push(active.sampler.device_row(&ctx, dev_rows.len() as u32, vocab, &mut adjust));
+                dev_rows.push((row, s.id));
+            } else {
+                host_rows.push((row, s.id));
+            }
         }
+        let mut sampled = Vec::with_capacity(dev_rows.len() + host_rows.len());
+        if !dev_rows.is_empty() {
+            let rows: Vec<usize> = dev_rows.iter().map(|&(r, _)| r).collect();
+            let ids = logits.sample_on_device(&rows, &params, &adjust)?;
+            sampled.extend(dev_rows.iter().zip(ids).map(|(&(_, seq), id)| (seq, id, None)));
+        }
+        if !host_rows.is_empty() {
+            let rows: Vec<usize> = host_rows.iter().map(|&(r, _)| r).collect();
+            let mut host = logits.to_host(&rows)?;
+            for (i, &(_, seq)) in host_rows.iter().enumerate() {
+                let (Some(active), Some((prompt, output))) = (self.active.get_mut(&seq), self.scheduler.tokens(seq))
+                else {
+                    continue;
+                };
+                let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
+                let tok = active.sampler.sample(host.row_mut(i), &ctx);
+                let wants_logprobs = active.sampler.params().logprobs.is_some();
+                let lp = wants_logprobs.then_some(TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
+                sampled.push((seq, tok.id, lp));
+            }
+        }
+        self.stats.sample_micros += t1.elapsed().as_micros() as u64;
         Ok(sampled)
     }
 

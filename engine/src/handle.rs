@@ -13,13 +13,13 @@ use flint_models::{load, load_dummy, GenerationConfig, KvCache, LoadOptions, Lor
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    core::{EngineCommand, EngineCore, EngineStats, Submission},
+    core::{CoreOptions, EngineCommand, EngineCore, EngineStats, Submission},
     error::{EngineError, Result},
     ids::RequestId,
     lora::{AdapterCatalog, AdapterInfo, LoraSettings},
     output::OutputStream,
     runner::ModelRunner,
-    sampling::SamplingParams,
+    sampling::{SamplingDevice, SamplingParams},
     scheduler::{Scheduler, SchedulerConfig},
     tokenizer::Tokenizer,
 };
@@ -54,6 +54,11 @@ pub struct EngineConfig {
     pub dummy_weights: bool,
     /// LoRA slots and rank limit; `None`: no adapters.
     pub lora: Option<LoraSettings>,
+    /// Where tokens are picked (`--sampling-device`): on a GPU by default.
+    pub sampling: SamplingDevice,
+    /// Synchronize after each forward pass so the step profile (engine stats, `/metrics`)
+    /// separates forward and sampling time on a GPU (`FLINT_PROFILE_SYNC=1`).
+    pub profile_sync: bool,
 }
 
 impl EngineConfig {
@@ -73,6 +78,8 @@ impl EngineConfig {
             prefix_caching: true,
             dummy_weights: false,
             lora: None,
+            sampling: SamplingDevice::Auto,
+            profile_sync: false,
         }
     }
 }
@@ -371,5 +378,6 @@ fn build_core(cfg: &EngineConfig) -> Result<(EngineCore, EngineInfo)> {
         max_loras: cfg.lora.map_or(0, |l| l.max_loras),
     });
     let runner = ModelRunner::new(loaded.model, kv, loaded.device);
-    Ok((EngineCore::new(scheduler, runner, eos_ids), info))
+    let opts = CoreOptions { sampling: cfg.sampling, profile_sync: cfg.profile_sync };
+    Ok((EngineCore::new(scheduler, runner, eos_ids, opts), info))
 }

@@ -45,5 +45,5 @@ pub use ids::{AdapterId, RequestId};
 pub use lora::{AdapterInfo, LoraSettings};
 pub use output::{OutputStream, SampleOutput, StreamDelta, TokenLogprob, Usage};
 pub use scheduler::{Finish, FinishReason, StopReason};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingDevice, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -14,6 +14,10 @@
 //
 // silu_and_mul_{T}(gate, up, out, n)
 //   out = T(T(silu(gate)) * up) elementwise over n elements; grid-stride loop, any launch.
+//
+// silu_and_mul_packed_{T}(x, out, rows, inter)
+//   x [rows, 2 * inter] = [gate | up] per row (the fused gate-up projection); out [rows, inter]
+//   = the same per-element formula as silu_and_mul. Grid-stride loop, any launch.
 
 #include "common.cuh"
 
@@ -70,14 +74,32 @@ __device__ void rotary(T* __restrict__ x, const T* __restrict__ cos, const T* __
   }
 }
 
+// One element of both SiLU-and-mul forms, so the packed one rounds exactly like the other.
+template <typename T>
+__device__ __forceinline__ T silu_mul_one(T gate, T up) {
+  const float g = to_float(gate);
+  const float act = round_to<T>(g / (1.f + __expf(-g)));
+  return from_float<T>(act * to_float(up));
+}
+
 template <typename T>
 __device__ void silu_and_mul(const T* __restrict__ gate, const T* __restrict__ up,
                              T* __restrict__ out, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const float g = to_float(gate[i]);
-    const float act = round_to<T>(g / (1.f + __expf(-g)));
-    out[i] = from_float<T>(act * to_float(up[i]));
+    out[i] = silu_mul_one<T>(gate[i], up[i]);
+  }
+}
+
+template <typename T>
+__device__ void silu_and_mul_packed(const T* __restrict__ x, T* __restrict__ out, int64_t rows,
+                                    int64_t inter) {
+  const int64_t n = rows * inter;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / inter, j = i - r * inter;
+    const T* xr = x + r * 2 * inter;
+    out[i] = silu_mul_one<T>(xr[j], xr[inter + j]);
   }
 }
 
@@ -95,6 +117,10 @@ __device__ void silu_and_mul(const T* __restrict__ gate, const T* __restrict__ u
   extern "C" __global__ void silu_and_mul_##SUFFIX(const T* gate, const T* up, T* out,          \
                                                    int64_t n) {                                 \
     flint::silu_and_mul<T>(gate, up, out, n);                                                   \
+  }                                                                                             \
+  extern "C" __global__ void silu_and_mul_packed_##SUFFIX(const T* x, T* out, int64_t rows,     \
+                                                          int64_t inter) {                      \
+    flint::silu_and_mul_packed<T>(x, out, rows, inter);                                         \
   }
 
 FLINT_FUSED(f32, float)

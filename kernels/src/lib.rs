@@ -12,21 +12,25 @@
 //! - [`paged_attention`]: causal attention of varlen queries (prefill chunks and decode tokens
 //!   mixed) against their context in the paged cache, with grouped-query heads;
 //!   [`paged_attention_split_k`] is the split-K (flash-decoding) form for long contexts.
-//! - [`add_rms_norm`], [`rotary_inplace`], [`silu_and_mul`]: the decoder layer's fused
-//!   elementwise steps.
+//! - [`add_rms_norm`], [`rotary_inplace`], [`silu_and_mul`] / [`silu_and_mul_packed`]: the
+//!   decoder layer's fused elementwise steps.
 //! - [`lora_delta`] with [`LoraTokens`] / [`SlotParams`]: the batched multi-adapter LoRA
 //!   matmul (each token its own adapter slot).
+//! - [`sample_rows`] with [`RowSampling`] / [`LogitAdjust`]: a batch of logits rows to token
+//!   ids on the device (temperature, top-k/p, min-p, sparse logit adjustments).
 
 mod device_cache;
 mod elem;
 pub mod fused;
 pub mod lora;
 pub mod paged;
+pub mod sampling;
 #[doc(hidden)]
 pub mod testing;
 
-pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul};
+pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul, silu_and_mul_packed};
 pub use lora::{lora_delta, LoraTokens, SlotParams, NO_SLOT};
+pub use sampling::{sample_rows, LogitAdjust, RowSampling};
 pub use paged::{
     paged_attention, paged_attention_split_k, reshape_and_cache, PagedAttentionMeta, SeqSpan,
     MAX_HEAD_DIM,

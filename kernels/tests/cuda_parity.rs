@@ -244,3 +244,153 @@ fn lora_delta_matches_cpu() {
         }
     }
 }
+
+#[test]
+fn silu_and_mul_packed_matches_cpu_and_the_split_form() {
+    let Some(dev) = gpu() else { return };
+    let on = |t: &Tensor| t.to_device(&dev).expect("upload");
+    for dtype in DTYPES {
+        // The last shape has more elements than one 65535-block launch covers (grid-stride).
+        for (rows, inter) in [(1, 1), (1, 8960), (7, 1536), (33, 11008), (2048, 8960)] {
+            let x = rand(11, &[rows, 2 * inter], dtype);
+            let gpu_out = flint_kernels::silu_and_mul_packed(&on(&x)).expect("gpu");
+            assert_eq!(gpu_out.dims(), [rows, inter]);
+            let diff = max_diff(&flint_kernels::silu_and_mul_packed(&x).expect("cpu"), &gpu_out);
+            assert!(diff <= tol(dtype), "silu_and_mul_packed {dtype:?} {rows}x{inter}: {diff}");
+            // Same per-element code on the device as the two-tensor kernel: bit-identical.
+            let xd = on(&x);
+            let (g, u) = (xd.narrow(1, 0, inter).expect("gate"), xd.narrow(1, inter, inter).expect("up"));
+            let split = silu_and_mul(&g, &u).expect("gpu split");
+            assert_eq!(max_diff(&split, &gpu_out), 0.0, "packed vs split {dtype:?} {rows}x{inter}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sample_rows
+
+/// Deterministic numbers in [0, 1) for the sampling tests.
+fn unit(state: &mut u64) -> f32 {
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (*state >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// A mix of rows: greedy, top-k 1, top-k, top-p, min-p, all three, plain temperature.
+fn sampling_mix(rows: usize, seed: u64) -> Vec<flint_kernels::RowSampling> {
+    let mut s = seed;
+    (0..rows)
+        .map(|r| {
+            let (temperature, top_k, top_p, min_p) = match r % 7 {
+                0 => (0.0, 0, 1.0, 0.0),
+                1 => (1.0, 1, 1.0, 0.0),
+                2 => (0.7, 50, 1.0, 0.0),
+                3 => (1.0, 0, 0.9, 0.0),
+                4 => (0.8, 0, 1.0, 0.05),
+                5 => (0.6, 200, 0.95, 0.02),
+                _ => (1.3, 0, 1.0, 0.0),
+            };
+            flint_kernels::RowSampling { temperature, top_k, top_p, min_p, uniform: unit(&mut s) }
+        })
+        .collect()
+}
+
+/// Per row, adjustments of the engine's kinds on distinct tokens: logit bias, repetition
+/// penalty, presence/frequency penalty, and a -inf ban (of the row's raw argmax on some rows).
+fn sampling_adjust(logits: &Tensor, seed: u64) -> Vec<flint_kernels::LogitAdjust> {
+    let vocab = logits.dims2().expect("2-D").1;
+    let argmax: Vec<u32> = logits.to_dtype(DType::F32).and_then(|t| t.argmax(1)).and_then(|t| t.to_vec1()).expect("argmax");
+    let mut s = seed;
+    let mut out = Vec::new();
+    for (r, &best) in argmax.iter().enumerate() {
+        let n = r % 5 * 8;
+        let step = (vocab / (n + 1)).max(1);
+        let base = (unit(&mut s) * step as f32) as usize;
+        for j in 0..n {
+            let token = ((base + j * step) % vocab) as u32;
+            if token == best {
+                continue;
+            }
+            let mut a = flint_kernels::LogitAdjust { row: r as u32, token, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 };
+            match j % 4 {
+                0 => a.bias = 10.0 * unit(&mut s) - 5.0,
+                1 => (a.pos_scale, a.neg_scale) = (1.0 / 1.3, 1.3),
+                2 => a.add = -(0.5 + unit(&mut s)),
+                _ => (a.bias, a.pos_scale, a.neg_scale, a.add) = (2.0, 0.8, 1.25, -0.3),
+            }
+            out.push(a);
+        }
+        if r % 3 == 0 {
+            out.push(flint_kernels::LogitAdjust { row: r as u32, token: best, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: f32::NEG_INFINITY });
+        }
+    }
+    out
+}
+
+#[test]
+fn sample_rows_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    for dtype in [DType::F32, DType::BF16] {
+        for vocab in [32000, 128256, 151936] {
+            for rows in [1, 37, 256] {
+                let seed = (vocab + rows) as u64;
+                let logits = flint_kernels::testing::lcg_tensor(seed, &[rows, vocab], -10.0, 10.0).to_dtype(dtype).expect("cast");
+                let params = sampling_mix(rows, seed);
+                let adjust = sampling_adjust(&logits, seed);
+                let cpu = flint_kernels::sample_rows(&logits, &params, &adjust).expect("cpu");
+                let on_gpu = logits.to_device(&dev).expect("upload");
+                let start = std::time::Instant::now();
+                let got = flint_kernels::sample_rows(&on_gpu, &params, &adjust).expect("gpu");
+                let took = start.elapsed();
+                let (mut sampled, mut mismatches) = (0, 0);
+                for (r, p) in params.iter().enumerate() {
+                    let greedy = p.temperature == 0.0 || p.top_k == 1;
+                    if greedy {
+                        assert_eq!(got[r], cpu[r], "{dtype:?} vocab {vocab} rows {rows}: greedy row {r} {p:?}");
+                    } else {
+                        sampled += 1;
+                        if got[r] != cpu[r] {
+                            mismatches += 1;
+                            eprintln!("{dtype:?} vocab {vocab} row {r} {p:?}: gpu {} cpu {}", got[r], cpu[r]);
+                        }
+                    }
+                }
+                eprintln!("sample_rows {dtype:?} vocab {vocab} rows {rows}: {mismatches}/{sampled} sampled rows differ, gpu {took:?}");
+                assert!(mismatches as f64 <= 0.005 * sampled as f64, "{dtype:?} vocab {vocab} rows {rows}: {mismatches}/{sampled}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sample_rows_edge_cases_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let rows: [&[f32]; 6] = [
+        &[1.0, 3.0, nan, 3.0, 2.0, 3.0],
+        &[-inf, -inf, nan, -inf, -inf, -inf],
+        &[1.0, inf, 3.0, inf, nan, 0.0],
+        &[2.0, 1.0, 2.0, 1.0, 2.0, 0.0],
+        &[0.0, 0.0, 0.0, 0.0, -0.0, 0.0],
+        &[-1.0, 0.0, -0.5, -2.0, -90.0, -3.0],
+    ];
+    let data: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    // A wider batch narrowed to 6 columns: rows not contiguous with each other.
+    let wide = Tensor::from_vec(data, (6, 6), &Device::Cpu).and_then(|t| t.pad_with_zeros(1, 0, 3)).expect("batch");
+    let mut s = 5;
+    for dtype in DTYPES {
+        let cpu_t = wide.to_dtype(dtype).and_then(|t| t.narrow(1, 0, 6)).expect("narrow");
+        let gpu_t = wide.to_dtype(dtype).and_then(|t| t.to_device(&dev)).and_then(|t| t.narrow(1, 0, 6)).expect("narrow");
+        for (t, k, p, m) in [(0.0, 0, 1.0, 0.0), (1.0, 0, 1.0, 0.0), (1.0, 2, 1.0, 0.0), (1.0, 0, 0.5, 0.0), (0.5, 3, 0.6, 0.3)] {
+            for u in [0.0, 0.3, 0.7, 1.0 - f32::EPSILON / 2.0] {
+                let params: Vec<_> = (0..6).map(|_| flint_kernels::RowSampling { temperature: t, top_k: k, top_p: p, min_p: m, uniform: u }).collect();
+                let bump = flint_kernels::LogitAdjust { row: 3, token: 5, bias: 2.0 * unit(&mut s), pos_scale: 0.5, neg_scale: 2.0, add: -0.25 };
+                let ban = flint_kernels::LogitAdjust { row: 0, token: 1, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: f32::NEG_INFINITY };
+                let all: Vec<_> = (0..6).map(|tok| flint_kernels::LogitAdjust { row: 5, token: tok, ..ban }).collect();
+                let adjust = [vec![bump, ban], all].concat();
+                let cpu = flint_kernels::sample_rows(&cpu_t, &params, &adjust).expect("cpu");
+                let got = flint_kernels::sample_rows(&gpu_t, &params, &adjust).expect("gpu");
+                assert_eq!(got, cpu, "{dtype:?} T {t} k {k} p {p} min_p {m} u {u}");
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! vectorizes; none sorts the vocabulary. Results never depend on lane order beyond the fixed
 //! summation order, so sampling stays reproducible.
 
+mod device;
 mod params;
 mod sampler;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod tests;
 use std::{cmp::Ordering, collections::BinaryHeap};
 
 pub use params::{SamplingParams, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_N, MAX_OPENAI_PENALTY, MAX_STOP};
+pub use device::SamplingDevice;
 pub use sampler::{SampleContext, SampledToken, Sampler};
 
 /// Lanes of the vectorized loops (two AVX registers of f32, four SSE ones).

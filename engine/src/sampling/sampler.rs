@@ -87,6 +87,11 @@ impl Sampler {
         &self.params
     }
 
+    /// One draw in [0, 1) from this sampler's generator (the device sampling path's draw).
+    pub(super) fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
     /// Chooses the next token from one row of raw logits. `logits` is scratch: it is modified
     /// in place. Order: raw logprobs, logit bias, `min_tokens` masking, repetition penalty,
     /// presence/frequency penalties, then argmax (greedy) or temperature, top-k, top-p, min-p

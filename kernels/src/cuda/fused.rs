@@ -95,3 +95,27 @@ pub(crate) fn silu_and_mul(
         Ok((CudaStorage::wrap_cuda_slice(out, dev), g_l.shape().clone()))
     })
 }
+
+/// `silu_and_mul_packed`: `x` `[.., 2 * inter]` = `[gate | up]` → `out_shape` `[.., inter]`.
+pub(crate) fn silu_and_mul_packed(x: &CudaStorage, x_l: &Layout, out_shape: Shape) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device.clone();
+    let n = out_shape.elem_count();
+    let inter = out_shape.dims().last().copied().unwrap_or(0);
+    let rows = if inter == 0 { 0 } else { n / inter };
+    let kernel = Kernel::load(&dev, FUSED_MODULE, &format!("silu_and_mul_packed_{}", suffix(x.dtype())?))?;
+    let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (rows_i, inter_i) = (rows as i64, inter as i64);
+    with_float!(x.dtype(), T => {
+        let xv = view::<T>(x, x_l, "x")?;
+        // SAFETY: the grid-stride loop writes every element.
+        let mut out = unsafe { dev.alloc::<T>(n.max(1)) }?;
+        if n > 0 {
+            let mut b = kernel.builder();
+            b.arg(&xv).arg(&mut out).arg(&rows_i).arg(&inter_i);
+            // SAFETY: arguments match `silu_and_mul_packed_*` in fused.cu.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), out_shape))
+    })
+}

@@ -11,6 +11,7 @@ use candle_core::{DType, Layout, Result};
 pub(crate) mod fused;
 pub(crate) mod lora;
 pub(crate) mod paged;
+pub(crate) mod sampling;
 
 /// One `pub const <FILE_STEM>: &str` of PTX per `kernels/cuda/<file_stem>.cu`, and
 /// `ALL: &[(module name, PTX)]`.
@@ -26,6 +27,8 @@ pub const PAGED_ATTENTION_MODULE: &str = "paged_attention";
 pub const FUSED_MODULE: &str = "fused";
 /// Module name under which `ptx::LORA` is loaded.
 pub const LORA_MODULE: &str = "lora";
+/// Module name under which `ptx::SAMPLING` is loaded.
+pub const SAMPLING_MODULE: &str = "sampling";
 
 /// A loaded entry point and the stream it launches on (the device's, so it orders with
 /// candle's own kernels).
@@ -128,7 +131,7 @@ mod tests {
                 let entry = format!(".entry paged_attention_{kernel}_{dtype}(");
                 assert!(module(super::PAGED_ATTENTION_MODULE).contains(&entry), "missing {entry}");
             }
-            for kernel in ["rms_norm", "rotary", "silu_and_mul"] {
+            for kernel in ["rms_norm", "rotary", "silu_and_mul", "silu_and_mul_packed"] {
                 let entry = format!(".entry {kernel}_{dtype}(");
                 assert!(module(super::FUSED_MODULE).contains(&entry), "missing {entry}");
             }

@@ -1,11 +1,12 @@
 //! Fused elementwise kernels of the decoder layer: RMSNorm with the residual add folded in,
-//! rotary embedding applied in place, and SiLU-and-mul.
+//! rotary embedding applied in place, and SiLU-and-mul (two tensors, or one packed `[gate | up]`
+//! row as the fused gate-up projection writes it).
 //!
 //! Each rounds where transformers rounds when it runs in the storage dtype (bf16/f16), so the
 //! fused versions track the unfused reference; in f32 they are the plain formulas.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Result,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Result,
     Shape, Tensor,
 };
 use half::{bf16, f16};
@@ -229,18 +230,28 @@ pub fn rotary_inplace(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // SiLU and mul
 
+/// Elements per parallel work item of the SiLU-and-mul loops.
+const SILU_CHUNK: usize = 4096;
+
+/// `out = T(T(silu(g)) * u)` elementwise: the one per-element formula of both SiLU-and-mul
+/// forms, so the packed one rounds exactly like the two-tensor one.
+#[inline]
+fn silu_mul_slice<T: Elem>(gate: &[T], up: &[T], out: &mut [T]) {
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        let g = g.to_f32();
+        let act = T::from_f32(g / (1.0 + (-g).exp())).to_f32();
+        *o = T::from_f32(act * u.to_f32());
+    }
+}
+
 pub(crate) struct SiluAndMul;
 
 impl SiluAndMul {
     fn run<T: Elem>(gate: &[T], up: &[T]) -> Vec<T> {
         let mut out = vec![T::from_f32(0.0); gate.len()];
-        out.par_chunks_mut(4096).zip(gate.par_chunks(4096).zip(up.par_chunks(4096))).for_each(|(o, (g, u))| {
-            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                let g = g.to_f32();
-                let act = T::from_f32(g / (1.0 + (-g).exp())).to_f32();
-                *o = T::from_f32(act * u.to_f32());
-            }
-        });
+        out.par_chunks_mut(SILU_CHUNK)
+            .zip(gate.par_chunks(SILU_CHUNK).zip(up.par_chunks(SILU_CHUNK)))
+            .for_each(|(o, (g, u))| silu_mul_slice(g, u, o));
         out
     }
 }
@@ -286,6 +297,70 @@ pub fn silu_and_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
     check_float("silu_and_mul", gate.dtype())?;
     gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluAndMul)
+}
+
+pub(crate) struct SiluAndMulPacked;
+
+impl SiluAndMulPacked {
+    /// `x` rows of `[gate (inter) | up (inter)]` → rows of `inter`.
+    fn run<T: Elem>(x: &[T], inter: usize) -> Vec<T> {
+        if inter == 0 {
+            return Vec::new();
+        }
+        let mut out = vec![T::from_f32(0.0); x.len() / 2];
+        // One item per row (a prefill batch), split further along wide rows so a single decode
+        // token still spreads over the cores like the two-tensor form does.
+        out.par_chunks_mut(inter).zip(x.par_chunks(2 * inter)).for_each(|(o, row)| {
+            let (gate, up) = row.split_at(inter);
+            o.par_chunks_mut(SILU_CHUNK)
+                .zip(gate.par_chunks(SILU_CHUNK).zip(up.par_chunks(SILU_CHUNK)))
+                .for_each(|(o, (g, u))| silu_mul_slice(g, u, o));
+        });
+        out
+    }
+}
+
+/// `[.., 2 * inter]` → `[.., inter]`.
+fn halved(shape: &Shape) -> Result<Shape> {
+    let mut dims = shape.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) if *last % 2 == 0 => *last /= 2,
+        _ => candle_core::bail!("silu_and_mul_packed: last dim of {shape:?} must be even (gate | up)"),
+    }
+    Ok(Shape::from(dims))
+}
+
+impl CustomOp1 for SiluAndMulPacked {
+    fn name(&self) -> &'static str {
+        "silu_and_mul_packed"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out_shape = halved(x_l.shape())?;
+        let inter = out_shape.dims().last().copied().unwrap_or(0);
+        let out = match x {
+            CpuStorage::F32(x) => CpuStorage::F32(Self::run(contiguous_slice(x, x_l, "x")?, inter)),
+            CpuStorage::F16(x) => CpuStorage::F16(Self::run(contiguous_slice(x, x_l, "x")?, inter)),
+            CpuStorage::BF16(x) => CpuStorage::BF16(Self::run(contiguous_slice(x, x_l, "x")?, inter)),
+            _ => candle_core::bail!("silu_and_mul_packed: x must be f32/f16/bf16"),
+        };
+        Ok((out, out_shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, x: &candle_core::CudaStorage, x_l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out_shape = halved(x_l.shape())?;
+        crate::cuda::fused::silu_and_mul_packed(x, x_l, out_shape)
+    }
+}
+
+/// [`silu_and_mul`] on one packed tensor: `x` `[.., 2 * inter]` holds `[gate | up]` along its
+/// last dim (the fused gate-up projection's output); returns `silu(gate) * up` `[.., inter]`,
+/// rounded exactly as [`silu_and_mul`] rounds (f32/f16/bf16).
+pub fn silu_and_mul_packed(x: &Tensor) -> Result<Tensor> {
+    check_float("silu_and_mul_packed", x.dtype())?;
+    halved(x.shape())?;
+    x.contiguous()?.apply_op1_no_bwd(&SiluAndMulPacked)
 }
 
 #[cfg(test)]

@@ -68,6 +68,30 @@ fn silu_and_mul_matches_unfused_ops() {
 }
 
 #[test]
+fn silu_and_mul_packed_is_silu_and_mul_on_the_halves() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        // 5000 columns: wider than one parallel chunk, and not a multiple of it.
+        for (rows, inter) in [(1, 7), (3, 100), (2, 5000)] {
+            let x = lcg(8, &[rows, 2 * inter]).to_dtype(dtype).unwrap();
+            let (g, u) = (x.narrow(1, 0, inter).unwrap(), x.narrow(1, inter, inter).unwrap());
+            let want = silu_and_mul(&g, &u).unwrap();
+            let got = silu_and_mul_packed(&x).unwrap();
+            assert_eq!(got.dims(), [rows, inter]);
+            assert_eq!(got.dtype(), dtype);
+            assert_eq!(max_diff(&got, &want), 0.0, "{dtype:?} {rows}x{inter}");
+        }
+    }
+    // Any leading dims; a non-contiguous input is copied first.
+    let x = lcg(9, &[2, 3, 8]);
+    let want = silu_and_mul(&x.narrow(2, 0, 4).unwrap(), &x.narrow(2, 4, 4).unwrap()).unwrap();
+    assert_eq!(max_diff(&silu_and_mul_packed(&x).unwrap(), &want), 0.0);
+    let xt = lcg(10, &[8, 6]).t().unwrap();
+    let want = silu_and_mul(&xt.narrow(1, 0, 4).unwrap(), &xt.narrow(1, 4, 4).unwrap()).unwrap();
+    assert_eq!(max_diff(&silu_and_mul_packed(&xt).unwrap(), &want), 0.0);
+    assert_eq!(silu_and_mul_packed(&lcg(1, &[0, 6])).unwrap().dims(), [0, 3]);
+}
+
+#[test]
 fn bad_shapes_and_dtypes_are_errors() {
     let x = lcg(1, &[2, 8]);
     assert!(add_rms_norm(&x, &lcg(2, &[2, 4]), &lcg(3, &[8]), 1e-5).is_err());
@@ -75,6 +99,8 @@ fn bad_shapes_and_dtypes_are_errors() {
     let xi = x.to_dtype(DType::U32).unwrap();
     assert!(silu_and_mul(&xi, &xi).is_err());
     assert!(silu_and_mul(&x, &lcg(2, &[8, 2])).is_err());
+    assert!(silu_and_mul_packed(&xi).is_err());
+    assert!(silu_and_mul_packed(&lcg(1, &[2, 7])).is_err(), "odd width is no [gate | up] pair");
     let q = lcg(1, &[2, 2, 8]);
     assert!(rotary_inplace(&q, &lcg(2, &[2, 3]), &lcg(2, &[2, 4])).is_err());
     assert!(rotary_inplace(&q.transpose(0, 1).unwrap(), &lcg(2, &[2, 4]), &lcg(2, &[2, 4])).is_err());

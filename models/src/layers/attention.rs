@@ -1,5 +1,6 @@
-//! Self-attention over the paged KV cache: q/k/v projections (optional bias), optional per-head
-//! q/k RMSNorm (Qwen3), RoPE, cache write, varlen paged attention, o_proj.
+//! Self-attention over the paged KV cache: the q/k/v projections fused into one matmul
+//! (optional bias), optional per-head q/k RMSNorm (Qwen3), RoPE, cache write, varlen paged
+//! attention, o_proj.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -14,9 +15,8 @@ use crate::{
 
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
+    /// `q_proj | k_proj | v_proj` (checkpoint names kept for loading and LoRA).
+    qkv_proj: Proj,
     o_proj: Proj,
     /// Per-head norms of q and k (Qwen3); `None` elsewhere.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -39,9 +39,15 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: Proj::load(h, q_out, cfg.qkv_bias, TargetModule::Q, vb.pp("q_proj"))?,
-            k_proj: Proj::load(h, kv_out, cfg.qkv_bias, TargetModule::K, vb.pp("k_proj"))?,
-            v_proj: Proj::load(h, kv_out, cfg.qkv_bias, TargetModule::V, vb.pp("v_proj"))?,
+            qkv_proj: Proj::load_fused(
+                h,
+                cfg.qkv_bias,
+                &[
+                    (TargetModule::Q, q_out, vb.pp("q_proj")),
+                    (TargetModule::K, kv_out, vb.pp("k_proj")),
+                    (TargetModule::V, kv_out, vb.pp("v_proj")),
+                ],
+            )?,
             o_proj: Proj::load(q_out, h, cfg.o_bias, TargetModule::O, vb.pp("o_proj"))?,
             qk_norm,
             num_heads: cfg.num_heads,
@@ -62,9 +68,15 @@ impl Attention {
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let lora = batch.lora.as_ref();
-        let q = self.q_proj.forward(x, lora)?.reshape((t, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(x, lora)?.reshape((t, self.num_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(x, lora)?.reshape((t, self.num_kv_heads, self.head_dim))?;
+        let (hq, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x, lora)?;
+        // Column ranges of the fused output: views, row-strided when t > 1. q and k are rotated
+        // in place below, so they must be contiguous tensors of their own (a copy when strided;
+        // for one token the view already is contiguous and is rotated inside `qkv`, which
+        // nothing else reads). v only goes to reshape_and_cache, which makes it contiguous.
+        let q = qkv.narrow(1, 0, hq * d)?.contiguous()?.reshape((t, hq, d))?;
+        let k = qkv.narrow(1, hq * d, hkv * d)?.contiguous()?.reshape((t, hkv, d))?;
+        let v = qkv.narrow(1, (hq + hkv) * d, hkv * d)?.reshape((t, hkv, d))?;
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),
@@ -76,11 +88,11 @@ impl Attention {
         self.o_proj.forward(&out.reshape((t, self.num_heads * self.head_dim))?, lora)
     }
 
-    pub(crate) fn projs_mut(&mut self) -> [&mut Proj; 4] {
-        [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj]
+    pub(crate) fn projs_mut(&mut self) -> [&mut Proj; 2] {
+        [&mut self.qkv_proj, &mut self.o_proj]
     }
 
-    pub(crate) fn projs(&self) -> [&Proj; 4] {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    pub(crate) fn projs(&self) -> [&Proj; 2] {
+        [&self.qkv_proj, &self.o_proj]
     }
 }

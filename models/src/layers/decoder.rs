@@ -136,8 +136,11 @@ impl Model for DecoderModel {
     fn set_lora_slot(&self, slot: usize, adapter: Option<&LoraAdapter>) -> Result<()> {
         for (i, layer) in self.layers.iter().enumerate() {
             for p in layer.self_attn.projs().into_iter().chain(layer.mlp.projs()) {
-                let pair = adapter.and_then(|a| a.pair(i, p.module)).map(|(a, b)| (a, b));
-                p.set_slot(slot, pair, adapter.map_or(0.0, |a| a.scale))?;
+                // Per checkpoint module, also inside the fused q|k|v and gate|up projections.
+                for module in p.modules() {
+                    let pair = adapter.and_then(|a| a.pair(i, module)).map(|(a, b)| (a, b));
+                    p.set_slot(module, slot, pair, adapter.map_or(0.0, |a| a.scale))?;
+                }
             }
         }
         Ok(())

@@ -155,7 +155,8 @@ impl Metrics {
             ("flint_lora_adapters_loaded", "LoRA adapters loaded (servable by name).", |g| g.adapters_loaded as f64),
             ("flint_lora_adapters_resident", "LoRA adapters resident in the model's slots.", |g| g.adapters_resident as f64),
         ];
-        let counters: [Family<CounterOf>; 4] = [
+        let counters: [Family<CounterOf>; 5] = [
+            ("flint_engine_steps_total", "Engine steps (forward passes) run.", |g| g.steps),
             ("vllm:num_preemptions_total", "Cumulative number of preemptions.", |g| g.preemptions),
             ("vllm:prefix_cache_queries_total", "Prefix-cache queries, in prompt tokens.", |g| g.prefix_cache_queries),
             ("vllm:prefix_cache_hits_total", "Prefix-cache hits, in prompt tokens.", |g| g.prefix_cache_hits),
@@ -172,6 +173,15 @@ impl Metrics {
                 family(&mut out, name, help, "counter");
                 for g in engines {
                     sample(&mut out, name, &label(&g.model), get(g) as f64);
+                }
+            }
+            // The step profile: per-step time of each phase is this over flint_engine_steps_total.
+            let name = "flint_engine_step_seconds_total";
+            family(&mut out, name, "Time the engine spent in each phase of its steps (forward: launch only on a GPU unless FLINT_PROFILE_SYNC=1; sample: includes waiting for the GPU).", "counter");
+            for g in engines {
+                for (phase, us) in [("schedule", g.schedule_micros), ("forward", g.forward_micros), ("sample", g.sample_micros)] {
+                    let l = format!("{},phase=\"{phase}\"", label(&g.model));
+                    sample(&mut out, name, &l, us as f64 / 1e6);
                 }
             }
         }
@@ -223,6 +233,10 @@ pub struct EngineGauges {
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
     pub generation_tokens: u64,
+    pub steps: u64,
+    pub schedule_micros: u64,
+    pub forward_micros: u64,
+    pub sample_micros: u64,
 }
 
 /// `model_name="..."` with the value escaped as the text format wants.
@@ -300,6 +314,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 prefix_cache_queries: sch.prefix_cache.queries,
                 prefix_cache_hits: sch.prefix_cache.hits,
                 generation_tokens: s.generated_tokens,
+                steps: s.steps,
+                schedule_micros: s.schedule_micros,
+                forward_micros: s.forward_micros,
+                sample_micros: s.sample_micros,
             });
         }
     }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use super::{BenchConfig, Endpoint};
+use super::{BenchConfig, Endpoint, Prompt};
 
 /// One event of an SSE stream as OpenAI-compatible servers send them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,17 +196,23 @@ fn body_error(body: &str) -> String {
         .unwrap_or_else(|| clip(body))
 }
 
-/// The JSON body of a streamed request for `prompt`.
-pub fn request_body(cfg: &BenchConfig, prompt: &str) -> Value {
+/// The JSON body of the `index`-th streamed request, for `prompt`.
+pub fn request_body(cfg: &BenchConfig, prompt: &Prompt, index: usize) -> Value {
     let mut body = json!({
-        "model": cfg.model,
+        "model": cfg.model_for(index),
         "max_tokens": cfg.output_len,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    match cfg.endpoint {
-        Endpoint::Completions => body["prompt"] = json!(prompt),
-        Endpoint::Chat => body["messages"] = json!([{"role": "user", "content": prompt}]),
+    match (cfg.endpoint, prompt) {
+        (Endpoint::Completions, Prompt::Text(t)) => body["prompt"] = json!(t),
+        (Endpoint::Completions, Prompt::Ids(ids)) => body["prompt"] = json!(ids),
+        (Endpoint::Chat, Prompt::Text(t)) => body["messages"] = json!([{"role": "user", "content": t}]),
+        // The CLI refuses this pairing; a message's content has to be text.
+        (Endpoint::Chat, Prompt::Ids(ids)) => {
+            let text: Vec<String> = ids.iter().map(u32::to_string).collect();
+            body["messages"] = json!([{"role": "user", "content": text.join(" ")}]);
+        }
     }
     if cfg.ignore_eos {
         body["ignore_eos"] = json!(true);
@@ -216,10 +222,10 @@ pub fn request_body(cfg: &BenchConfig, prompt: &str) -> Value {
 
 /// Sends one streamed request and times it; failures are reported in the outcome, never
 /// as a panic or an `Err`, so one bad request doesn't end the level.
-pub async fn send_request(client: &Client, cfg: &BenchConfig, prompt: &str) -> RequestOutcome {
+pub async fn send_request(client: &Client, cfg: &BenchConfig, prompt: &Prompt, index: usize) -> RequestOutcome {
     let start = Instant::now();
     let mut out = RequestOutcome::default();
-    if let Err(e) = stream_request(client, cfg, prompt, start, &mut out).await {
+    if let Err(e) = stream_request(client, cfg, prompt, index, start, &mut out).await {
         out.error = Some(e);
     }
     out.e2e = start.elapsed();
@@ -229,13 +235,14 @@ pub async fn send_request(client: &Client, cfg: &BenchConfig, prompt: &str) -> R
 async fn stream_request(
     client: &Client,
     cfg: &BenchConfig,
-    prompt: &str,
+    prompt: &Prompt,
+    index: usize,
     start: Instant,
     out: &mut RequestOutcome,
 ) -> Result<(), String> {
     let url = join_url(&cfg.base_url, cfg.endpoint.path());
     let req =
-        authorized(client.post(&url), cfg.api_key.as_deref()).timeout(cfg.timeout).json(&request_body(cfg, prompt));
+        authorized(client.post(&url), cfg.api_key.as_deref()).timeout(cfg.timeout).json(&request_body(cfg, prompt, index));
     let resp = req.send().await.map_err(|e| describe_error(&e))?;
     let status = resp.status();
     if !status.is_success() {
@@ -350,7 +357,7 @@ mod tests {
     fn request_bodies() {
         let mut cfg = BenchConfig::new("http://x/v1", "m");
         cfg.output_len = 7;
-        let b = request_body(&cfg, "hi");
+        let b = request_body(&cfg, &"hi".into(), 0);
         assert_eq!(b["prompt"], "hi");
         assert_eq!(b["max_tokens"], 7);
         assert_eq!(b["stream"], true);
@@ -358,8 +365,13 @@ mod tests {
         assert_eq!(b["ignore_eos"], true);
         cfg.endpoint = Endpoint::Chat;
         cfg.ignore_eos = false;
-        let b = request_body(&cfg, "hi");
+        let b = request_body(&cfg, &"hi".into(), 0);
         assert_eq!(b["messages"][0]["content"], "hi");
         assert!(b.get("ignore_eos").is_none() && b.get("prompt").is_none());
+        // A list of models is taken in turn.
+        let cfg = BenchConfig::new("http://x/v1", "base,a1,a2");
+        let models: Vec<Value> = (0..4).map(|i| request_body(&cfg, &"hi".into(), i)["model"].clone()).collect();
+        assert_eq!(models, ["base", "a1", "a2", "base"]);
+        assert_eq!(request_body(&cfg, &Prompt::Ids(vec![5, 6]), 0)["prompt"], json!([5, 6]));
     }
 }

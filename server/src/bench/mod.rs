@@ -7,6 +7,7 @@
 //!
 //! - [`client`]: one streamed request (HTTP + a hand-rolled SSE parser) and its timings.
 //! - [`stats`]: percentiles, the per-level report and the table.
+//! - [`profile`]: the server's per-step time split (flint's `/metrics`) over each level.
 //! - here: the config, the prompts and [`run_level`], which keeps exactly `concurrency`
 //!   requests in flight.
 //!
@@ -14,6 +15,7 @@
 //! benchmark into a cache-hit test.
 
 pub mod client;
+pub mod profile;
 pub mod stats;
 
 use std::{
@@ -31,6 +33,20 @@ use serde::Serialize;
 
 pub use client::{discover_model, send_request, RequestOutcome};
 pub use stats::{render_header, render_row, render_table, LevelReport, RequestRecord, Summary};
+
+/// One request's prompt: text, or token ids (the completions API takes a list of ids, which
+/// fixes the prompt length exactly whatever the server's tokenizer).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_owned())
+    }
+}
 
 /// Which OpenAI API the requests go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -57,6 +73,8 @@ impl Endpoint {
 pub struct BenchConfig {
     /// The API root, e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
+    /// The model to request, or a comma-separated list that requests take in turn (request `i`
+    /// the `i mod n`-th): e.g. sixteen LoRA adapters spread over one batch.
     pub model: String,
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -76,6 +94,12 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl BenchConfig {
+    /// The model of the `index`-th request of a level.
+    pub fn model_for(&self, index: usize) -> &str {
+        let n = self.model.split(',').count();
+        self.model.split(',').nth(index % n).unwrap_or(&self.model)
+    }
+
     /// Completions, 64 output tokens, `ignore_eos`, 600 s timeout: the CLI's defaults.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
@@ -99,7 +123,7 @@ pub async fn run_level(
     client: &Client,
     concurrency: usize,
     requests: usize,
-    prompts: &[String],
+    prompts: &[Prompt],
 ) -> anyhow::Result<LevelReport> {
     anyhow::ensure!(concurrency > 0, "concurrency must be at least 1");
     anyhow::ensure!(!prompts.is_empty(), "no prompts to send");
@@ -107,7 +131,7 @@ pub async fn run_level(
     // spawning a task per request; spawned (not joined in place) so timestamps are taken
     // by whichever runtime thread is free.
     let cfg = Arc::new(cfg.clone());
-    let prompts: Arc<[String]> = prompts.into();
+    let prompts: Arc<[Prompt]> = prompts.into();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency.min(requests))
@@ -120,7 +144,7 @@ pub async fn run_level(
                     if i >= requests {
                         break done;
                     }
-                    done.push(send_request(&client, &cfg, &prompts[i % prompts.len()]).await);
+                    done.push(send_request(&client, &cfg, &prompts[i % prompts.len()], i).await);
                 }
             })
         })
@@ -179,11 +203,13 @@ pub fn random_prompts(
     input_len: usize,
     seed: u64,
     tokenizer: Option<&flint_engine::Tokenizer>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<Prompt>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let Some(tok) = tokenizer else {
         return Ok((0..n)
-            .map(|_| (0..input_len).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" "))
+            .map(|_| {
+                Prompt::Text((0..input_len).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" "))
+            })
             .collect());
     };
     let usable: Vec<u32> = (0..tok.vocab_size() as u32)
@@ -213,9 +239,16 @@ pub fn random_prompts(
             }
             text = tok.decode(&ids)?;
         }
-        prompts.push(text);
+        prompts.push(Prompt::Text(text));
     }
     Ok(prompts)
+}
+
+/// `n` prompts of exactly `input_len` random token ids below `vocab` each, reproducible from
+/// `seed`: exact lengths with no tokenizer at hand (dummy-weight models, other servers).
+pub fn random_id_prompts(n: usize, input_len: usize, vocab: u32, seed: u64) -> Vec<Prompt> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| Prompt::Ids((0..input_len).map(|_| rng.random_range(0..vocab.max(1))).collect())).collect()
 }
 
 #[cfg(test)]
@@ -227,7 +260,7 @@ mod tests {
         let a = random_prompts(20, 16, 7, None).unwrap();
         assert_eq!(a, random_prompts(20, 16, 7, None).unwrap());
         assert_ne!(a, random_prompts(20, 16, 8, None).unwrap());
-        assert!(a.iter().all(|p| p.split(' ').count() == 16));
+        assert!(a.iter().all(|p| matches!(p, Prompt::Text(t) if t.split(' ').count() == 16)));
         let mut uniq = a.clone();
         uniq.sort();
         uniq.dedup();
@@ -242,9 +275,18 @@ mod tests {
         let tok = flint_engine::Tokenizer::from_dir(dir.path()).unwrap();
         let prompts = random_prompts(8, 32, 0, Some(&tok)).unwrap();
         for p in &prompts {
-            assert_eq!(tok.encode_raw(p).unwrap().len(), 32, "{p:?}");
+            let Prompt::Text(t) = p else { panic!("text prompts") };
+            assert_eq!(tok.encode_raw(t).unwrap().len(), 32, "{p:?}");
         }
         assert_eq!(prompts, random_prompts(8, 32, 0, Some(&tok)).unwrap());
         assert_ne!(prompts[0], prompts[1]);
+    }
+
+    #[test]
+    fn id_prompts_are_exact_seeded_and_in_range() {
+        let a = random_id_prompts(5, 512, 1000, 3);
+        assert_eq!(a, random_id_prompts(5, 512, 1000, 3));
+        assert_ne!(a[0], a[1]);
+        assert!(a.iter().all(|p| matches!(p, Prompt::Ids(ids) if ids.len() == 512 && ids.iter().all(|&i| i < 1000))));
     }
 }

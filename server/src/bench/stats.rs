@@ -96,6 +96,9 @@ pub struct LevelReport {
     pub e2e_ms: Summary,
     /// Distinct failure messages, most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// The server's mean step time per phase over this level (flint servers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_profile: Option<super::profile::StepProfile>,
     pub samples: Vec<RequestRecord>,
 }
 
@@ -130,6 +133,7 @@ impl LevelReport {
             itl_ms: Summary::of(itl_ms),
             e2e_ms: Summary::of(&e2e),
             errors,
+            step_profile: None,
             samples,
         }
     }

@@ -7,14 +7,15 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Args;
 
-use crate::bench::{self, BenchConfig, Client, Endpoint, LevelReport};
+use crate::bench::{self, profile::StepCounters, BenchConfig, Client, Endpoint, LevelReport};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The API root of the server under test.
     #[arg(long, env = "FLINT_BENCH_BASE_URL", default_value = "http://127.0.0.1:8000/v1")]
     pub base_url: String,
-    /// Model name to request; default: the first one `GET {base-url}/models` lists.
+    /// Model name to request, or a comma-separated list the requests take in turn (e.g. LoRA
+    /// adapters spread over the batch); default: the first one `GET {base-url}/models` lists.
     #[arg(long, env = "FLINT_BENCH_MODEL")]
     pub model: Option<String>,
     /// Sent as `Authorization: Bearer KEY` (also read from OPENAI_API_KEY).
@@ -46,6 +47,11 @@ pub struct BenchArgs {
     /// exactly --input-len tokens rather than random common words.
     #[arg(long, env = "FLINT_BENCH_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
+    /// Send each prompt as exactly --input-len random token ids below this vocabulary size
+    /// (completions endpoint only): exact prompt lengths without a tokenizer, e.g. for
+    /// dummy-weight models (`flint serve --load-format dummy`).
+    #[arg(long, env = "FLINT_BENCH_RANDOM_IDS", value_name = "VOCAB_SIZE", conflicts_with = "tokenizer")]
+    pub random_ids: Option<u32>,
     /// Write the config and every level's results (with per-request samples) to this file.
     #[arg(long, env = "FLINT_BENCH_JSON")]
     pub json: Option<PathBuf>,
@@ -76,7 +82,14 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let tokenizer =
         args.tokenizer.as_deref().map(flint_engine::Tokenizer::from_dir).transpose().context("loading --tokenizer")?;
     let total: usize = args.concurrency.iter().map(|&c| args.requests_for(c)).sum();
-    let prompts = bench::random_prompts(total, args.input_len, args.seed, tokenizer.as_ref())?;
+    let prompts = match args.random_ids {
+        Some(vocab) => {
+            anyhow::ensure!(vocab > 0, "--random-ids must be at least 1");
+            anyhow::ensure!(args.endpoint == Endpoint::Completions, "--random-ids needs --endpoint completions");
+            bench::random_id_prompts(total, args.input_len, vocab, args.seed)
+        }
+        None => bench::random_prompts(total, args.input_len, args.seed, tokenizer.as_ref())?,
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(async {
@@ -100,7 +113,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
             cfg.model,
             client_url(&cfg),
             args.input_len,
-            if tokenizer.is_some() { "" } else { " (approx., words)" },
+            if tokenizer.is_some() || args.random_ids.is_some() { "" } else { " (approx., words)" },
             cfg.output_len,
         );
         println!("{}", bench::render_header());
@@ -109,10 +122,16 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         let mut result = Ok(());
         for &c in &args.concurrency {
             let n = args.requests_for(c);
+            let before = StepCounters::scrape(&client, &cfg.base_url, cfg.api_key.as_deref()).await;
             // Fresh prompts per level, so no level hits what an earlier one left in the cache.
-            let report = bench::run_level(&cfg, &client, c, n, &prompts[offset..offset + n]).await?;
+            let mut report = bench::run_level(&cfg, &client, c, n, &prompts[offset..offset + n]).await?;
             offset += n;
+            let after = StepCounters::scrape(&client, &cfg.base_url, cfg.api_key.as_deref()).await;
+            report.step_profile = before.zip(after).and_then(|(b, a)| a.since(&b));
             println!("{}", bench::render_row(&report));
+            if let Some(p) = &report.step_profile {
+                println!("{}", p.render());
+            }
             std::io::stdout().flush().ok();
             let all_failed = report.ok == 0;
             let first_error = report.errors.first().map(|e| e.message.clone());
@@ -149,6 +168,7 @@ fn write_json(
     config["requests"] = serde_json::json!(args.concurrency.iter().map(|&c| args.requests_for(c)).collect::<Vec<_>>());
     config["seed"] = serde_json::json!(args.seed);
     config["tokenizer"] = serde_json::json!(args.tokenizer.as_ref().map(|p| p.display().to_string()));
+    config["random_ids"] = serde_json::json!(args.random_ids);
     let doc = serde_json::json!({ "config": config, "levels": levels });
     std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", path.display()))

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget, LoraSettings};
+use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget, LoraSettings, SamplingDevice};
 
 /// Where the weights come from.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,23 @@ pub struct EngineArgs {
     /// Do not reuse the KV blocks of identical prompt prefixes across requests.
     #[arg(long, env = "FLINT_NO_ENABLE_PREFIX_CACHING")]
     pub no_enable_prefix_caching: bool,
+    /// Where tokens are picked: `device` samples on the model's device and copies back only
+    /// token ids (requests with logprobs still use the host); `host` copies every row of
+    /// logits to the host sampler; `auto` is `device` on a GPU, `host` on the CPU.
+    #[arg(long, env = "FLINT_SAMPLING_DEVICE", value_enum, default_value_t = SamplingDeviceArg::Auto)]
+    pub sampling_device: SamplingDeviceArg,
+    /// Wait for the GPU after each forward pass so the step profile in /metrics
+    /// (`flint_engine_step_seconds_total`) separates forward and sampling time; slower.
+    #[arg(long, env = "FLINT_PROFILE_SYNC")]
+    pub profile_sync: bool,
+}
+
+/// `--sampling-device`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingDeviceArg {
+    Auto,
+    Host,
+    Device,
 }
 
 impl EngineArgs {
@@ -64,6 +81,12 @@ impl EngineArgs {
         cfg.max_model_len = self.max_model_len;
         cfg.prefix_caching = !self.no_enable_prefix_caching;
         cfg.dummy_weights = self.load_format == LoadFormat::Dummy;
+        cfg.sampling = match self.sampling_device {
+            SamplingDeviceArg::Auto => SamplingDevice::Auto,
+            SamplingDeviceArg::Host => SamplingDevice::Host,
+            SamplingDeviceArg::Device => SamplingDevice::Device,
+        };
+        cfg.profile_sync = self.profile_sync;
         if let Some(b) = self.kv_cache_memory {
             cfg.kv_cache = KvCacheBudget::Bytes(b);
         } else if let Some(f) = self.gpu_memory_utilization {
