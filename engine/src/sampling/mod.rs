@@ -110,30 +110,10 @@ pub(crate) fn log_sum_exp(xs: &[f32]) -> f32 {
     max + sum_by(xs, |x| exp(x - max)).ln() as f32
 }
 
-/// `exp(x)` to ~2 ulp (Cephes' `expf` polynomial), branch-free so row loops vectorize; libm's
-/// scalar `expf` is several times slower and dominated sampling. Below -87 (including -inf
-/// and NaN) it returns 0: the callers pass `x - max`, so such weights are < 1e-37 of the
-/// row's maximum. Above 88 it saturates at exp(88) (never reached here).
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    // Rounds to nearest by adding 1.5·2²³: the integer then sits in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = if x > -87.0 { x } else { -87.0 };
-    let xc = if xc < 88.0 { xc } else { 88.0 };
-    let t = xc * std::f32::consts::LOG2_E + MAGIC;
-    let n = t - MAGIC;
-    let two_n = f32::from_bits((t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
-    // Cody–Waite: ln 2 = C1 + C2 with C1 short enough that n·C1 is exact.
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
-        + 0.5;
-    let y = (p * (r * r) + r + 1.0) * two_n;
-    if x >= -87.0 {
-        y
-    } else {
-        0.0
-    }
-}
+/// `exp(x)` to ~2 ulp, branch-free so row loops vectorize (libm's scalar `expf` is several
+/// times slower and dominated sampling); 0 below -87. The same function the device sampling
+/// kernel uses, so both paths weigh tokens alike.
+pub(crate) use flint_kernels::sampling::exp;
 
 /// A token and its value. Ordered best first (higher value, then lower id), so the greatest
 /// is the worst and a `BinaryHeap` of them keeps the current k-th best on top.

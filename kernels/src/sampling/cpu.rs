@@ -25,7 +25,7 @@ const LANES: usize = 16;
 /// for op in sampling.cu. Below -87 (including -inf and NaN) it returns 0; above 88 it
 /// saturates (never reached: the callers pass `(x - max) / T <= 0`).
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     // Rounds to nearest by adding 1.5·2²³: the integer then sits in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
     let xc = if x > -87.0 { x } else { -87.0 };

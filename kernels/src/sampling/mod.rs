@@ -38,6 +38,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 mod cpu;
+
+/// The sampler's `exp` (Cephes' `expf` polynomial, ~2 ulp, 0 below -87), shared with the
+/// engine's host sampler so both weigh tokens with one function.
+pub use cpu::exp;
 #[cfg(test)]
 mod tests;
 
