@@ -101,7 +101,7 @@ pub(crate) fn silu_and_mul_packed(x: &CudaStorage, x_l: &Layout, out_shape: Shap
     let dev = x.device.clone();
     let n = out_shape.elem_count();
     let inter = out_shape.dims().last().copied().unwrap_or(0);
-    let rows = if inter == 0 { 0 } else { n / inter };
+    let rows = n.checked_div(inter).unwrap_or(0);
     let kernel = Kernel::load(&dev, FUSED_MODULE, &format!("silu_and_mul_packed_{}", suffix(x.dtype())?))?;
     let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
