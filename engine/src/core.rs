@@ -338,16 +338,18 @@ impl EngineCore {
                 host_rows.push((row, s.id));
             }
         }
+        // (row, sequence, token, logprob), put back in row order below so the scheduler sees
+        // the same order whichever path each row took.
         let mut sampled = Vec::with_capacity(dev_rows.len() + host_rows.len());
         if !dev_rows.is_empty() {
             let rows: Vec<usize> = dev_rows.iter().map(|&(r, _)| r).collect();
             let ids = logits.sample_on_device(&rows, &params, &adjust)?;
-            sampled.extend(dev_rows.iter().zip(ids).map(|(&(_, seq), id)| (seq, id, None)));
+            sampled.extend(dev_rows.iter().zip(ids).map(|(&(row, seq), id)| (row, seq, id, None)));
         }
         if !host_rows.is_empty() {
             let rows: Vec<usize> = host_rows.iter().map(|&(r, _)| r).collect();
             let mut host = logits.to_host(&rows)?;
-            for (i, &(_, seq)) in host_rows.iter().enumerate() {
+            for (i, &(row, seq)) in host_rows.iter().enumerate() {
                 let (Some(active), Some((prompt, output))) = (self.active.get_mut(&seq), self.scheduler.tokens(seq))
                 else {
                     continue;
@@ -356,11 +358,12 @@ impl EngineCore {
                 let tok = active.sampler.sample(host.row_mut(i), &ctx);
                 let wants_logprobs = active.sampler.params().logprobs.is_some();
                 let lp = wants_logprobs.then_some(TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
-                sampled.push((seq, tok.id, lp));
+                sampled.push((row, seq, tok.id, lp));
             }
         }
         self.stats.sample_micros += t1.elapsed().as_micros() as u64;
-        Ok(sampled)
+        sampled.sort_unstable_by_key(|&(row, ..)| row);
+        Ok(sampled.into_iter().map(|(_, seq, id, lp)| (seq, id, lp)).collect())
     }
 
     fn apply(&mut self, out: &SchedulerOutput, sampled: Vec<(SeqId, u32, Option<TokenLogprob>)>) {
