@@ -12,8 +12,6 @@
 //! path but not across the two, as in vLLM. Rows that ask for logprobs stay on the host, which
 //! needs their whole row anyway.
 
-use std::collections::BTreeMap;
-
 use flint_kernels::{LogitAdjust, RowSampling};
 
 use super::{SampleContext, Sampler};
@@ -56,53 +54,111 @@ impl Sampler {
     /// adjustments onto `adjust`. Consumes one draw of the sampler's generator when the row is
     /// not greedy.
     pub fn device_row(&mut self, ctx: &SampleContext<'_>, row: u32, vocab: usize, adjust: &mut Vec<LogitAdjust>) -> RowSampling {
-        let p = self.params().clone();
-        let mut touched: BTreeMap<u32, LogitAdjust> = BTreeMap::new();
-        // Same order as `Sampler::process`: bias, ban, repetition penalty, OpenAI penalties.
-        for &(id, bias) in &p.logit_bias {
-            if (id as usize) < vocab {
-                touched_entry(&mut touched, row, id).bias += bias;
+        let first = adjust.len();
+        let p = &self.params;
+        let entry = |adjust: &mut Vec<LogitAdjust>, token: u32| -> usize {
+            // Entries of this row stay sorted by token; new ones are inserted in place.
+            match adjust[first..].binary_search_by_key(&token, |a| a.token) {
+                Ok(i) => first + i,
+                Err(i) => {
+                    adjust.insert(first + i, LogitAdjust { row, token, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 });
+                    first + i
+                }
             }
+        };
+        let in_vocab = |id: &u32| (*id as usize) < vocab;
+        // Same order as `Sampler::process`: bias, ban, repetition penalty, OpenAI penalties.
+        for &(id, bias) in p.logit_bias.iter().filter(|(id, _)| in_vocab(id)) {
+            let i = entry(adjust, id);
+            adjust[i].bias += bias;
         }
         if ctx.output.len() < p.min_tokens {
-            for &id in ctx.eos_ids.iter().chain(&p.stop_token_ids) {
-                if (id as usize) < vocab {
-                    touched_entry(&mut touched, row, id).add = f32::NEG_INFINITY;
-                }
+            for &id in ctx.eos_ids.iter().chain(&p.stop_token_ids).filter(|id| in_vocab(id)) {
+                let i = entry(adjust, id);
+                adjust[i].add = f32::NEG_INFINITY;
             }
         }
         if p.repetition_penalty != 1.0 {
             let r = p.repetition_penalty;
-            for &id in ctx.prompt.iter().chain(ctx.output) {
-                if (id as usize) < vocab {
-                    let e = touched_entry(&mut touched, row, id);
-                    (e.pos_scale, e.neg_scale) = (1.0 / r, r);
-                }
+            let prompt = self.prompt_ids.get_or_insert_with(|| {
+                let mut ids = ctx.prompt.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            });
+            // Merge the (sorted, distinct) prompt ids with the output's into the row's entries.
+            let mut ids: Vec<u32> = prompt.iter().chain(ctx.output).copied().filter(in_vocab).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                let i = entry(adjust, id);
+                (adjust[i].pos_scale, adjust[i].neg_scale) = (1.0 / r, r);
             }
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-            let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
-            for &id in ctx.output.iter().filter(|&&id| (id as usize) < vocab) {
-                *counts.entry(id).or_default() += 1;
-            }
-            for (id, c) in counts {
-                let e = touched_entry(&mut touched, row, id);
+            let mut out: Vec<u32> = ctx.output.iter().copied().filter(in_vocab).collect();
+            out.sort_unstable();
+            for run in out.chunk_by(|a, b| a == b) {
+                let i = entry(adjust, run[0]);
                 // A ban stays a ban (-inf minus a penalty is still -inf).
-                e.add -= p.presence_penalty + p.frequency_penalty * c as f32;
+                adjust[i].add -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
             }
         }
-        adjust.extend(touched.into_values());
         let greedy = p.is_greedy() || p.top_k == Some(1);
+        let (temperature, top_k, top_p, min_p) =
+            (p.temperature, p.top_k.map_or(0, |k| k.min(u32::MAX as usize) as u32), p.top_p, p.min_p);
         RowSampling {
-            temperature: if greedy { 0.0 } else { p.temperature },
-            top_k: p.top_k.map_or(0, |k| k.min(u32::MAX as usize) as u32),
-            top_p: p.top_p,
-            min_p: p.min_p,
+            temperature: if greedy { 0.0 } else { temperature },
+            top_k,
+            top_p,
+            min_p,
             uniform: if greedy { 0.0 } else { self.uniform() },
         }
     }
 }
 
-fn touched_entry(touched: &mut BTreeMap<u32, LogitAdjust>, row: u32, token: u32) -> &mut LogitAdjust {
-    touched.entry(token).or_insert(LogitAdjust { row, token, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParams;
+
+    #[test]
+    fn adjustments_follow_the_host_samplers_order_sorted_by_token() {
+        let params = SamplingParams::new(8)
+            .and_then(|p| p.with_logit_bias(vec![(5, 1.5), (30, 2.0), (99, 1.0)]))
+            .and_then(|p| p.with_min_tokens(4))
+            .and_then(|p| p.with_repetition_penalty(2.0))
+            .and_then(|p| p.with_presence_penalty(0.5))
+            .and_then(|p| p.with_frequency_penalty(0.25))
+            .and_then(|p| p.with_temperature(0.7))
+            .and_then(|p| p.with_top_k(Some(40)))
+            .expect("valid");
+        let mut s = Sampler::new(params.with_seed(Some(1)));
+        let ctx = SampleContext { prompt: &[7, 5, 7, 3], output: &[9, 5, 9], eos_ids: &[2] };
+        let mut adjust = vec![LogitAdjust { row: 0, token: 1, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 }];
+        let row = s.device_row(&ctx, 1, 64, &mut adjust);
+        assert_eq!((row.temperature, row.top_k, row.top_p, row.min_p), (0.7, 40, 1.0, 0.0));
+        assert!((0.0..1.0).contains(&row.uniform));
+        // Row 0's entry is left alone; token 99 is outside the vocabulary of 64.
+        let got: Vec<(u32, u32, f32, f32, f32, f32)> =
+            adjust.iter().map(|a| (a.row, a.token, a.bias, a.pos_scale, a.neg_scale, a.add)).collect();
+        let rep = (0.5, 2.0);
+        assert_eq!(
+            got,
+            vec![
+                (0, 1, 0.0, 1.0, 1.0, 0.0),
+                (1, 2, 0.0, 1.0, 1.0, f32::NEG_INFINITY),              // EOS banned (3 < min_tokens)
+                (1, 3, 0.0, rep.0, rep.1, 0.0),                        // prompt
+                (1, 5, 1.5, rep.0, rep.1, -(0.5 + 0.25)),              // bias, prompt and output once
+                (1, 7, 0.0, rep.0, rep.1, 0.0),                        // prompt twice: once
+                (1, 9, 0.0, rep.0, rep.1, -(0.5 + 0.25 * 2.0)),        // output twice
+                (1, 30, 2.0, 1.0, 1.0, 0.0),                           // bias only
+            ]
+        );
+        // Greedy rows draw nothing and say so.
+        let mut g = Sampler::new(SamplingParams::new(1).expect("valid"));
+        let mut none = Vec::new();
+        let row = g.device_row(&SampleContext::default(), 0, 64, &mut none);
+        assert_eq!((row.temperature, row.uniform, none.len()), (0.0, 0.0, 0));
+    }
 }

@@ -39,7 +39,7 @@ pub struct SampledToken {
 /// Picks tokens for one sample of one request; owns its random generator so seeded runs
 /// repeat, and its scratch buffers so a token costs no vocabulary-sized allocation.
 pub struct Sampler {
-    params: SamplingParams,
+    pub(super) params: SamplingParams,
     rng: StdRng,
     /// Copy of the raw logits when they are needed after being modified in place (logprobs,
     /// and the argmax fallback when processing masked every token).
@@ -52,6 +52,9 @@ pub struct Sampler {
     top: Vec<Ranked>,
     /// Per-token counters, all zero between calls (penalties mark and unmark what they touch).
     marks: Vec<u32>,
+    /// The prompt's distinct ids, sorted (device sampling's repetition penalty), made once:
+    /// the prompt does not change while the sample runs.
+    pub(super) prompt_ids: Option<Vec<u32>>,
 }
 
 /// `x - lse`, with degenerate rows (NaN logit, no finite maximum) giving -inf rather than NaN,
@@ -80,7 +83,16 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s.wrapping_add(index as u64)),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng, raw: Vec::new(), cand: Vec::new(), hist: Vec::new(), top: Vec::new(), marks: Vec::new() }
+        Self {
+            params,
+            rng,
+            raw: Vec::new(),
+            cand: Vec::new(),
+            hist: Vec::new(),
+            top: Vec::new(),
+            marks: Vec::new(),
+            prompt_ids: None,
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
