@@ -100,7 +100,15 @@ async fn adjusted_greedy_and_logprob_rows_match_the_host_sampler() {
     let device = run_all(&engine(dir.path(), SamplingDevice::Device, false), &reqs).await;
     for (((p, sp), h), d) in reqs.iter().zip(&host).zip(&device) {
         assert_eq!(h.token_ids, d.token_ids, "prompt {p:?}, params {sp:?}");
-        assert_eq!(h.logprobs, d.logprobs, "prompt {p:?}, params {sp:?}");
+        // Logprob rows take the host path on both engines; their values may differ in the last
+        // bits because the two runs batch differently (another matmul shape).
+        assert_eq!(h.logprobs.len(), d.logprobs.len());
+        for (a, b) in h.logprobs.iter().zip(&d.logprobs) {
+            assert_eq!(a.token, b.token);
+            assert!((a.logprob - b.logprob).abs() < 1e-4, "{a:?} vs {b:?}");
+            let ids = |t: &flint_engine::TokenLogprob| t.top.iter().map(|&(id, _)| id).collect::<Vec<_>>();
+            assert_eq!(ids(a), ids(b), "{a:?} vs {b:?}");
+        }
         if sp.min_tokens > 0 && !eos.is_empty() {
             let early = d.token_ids.iter().take(sp.min_tokens).filter(|t| eos.contains(t)).count();
             assert_eq!(early, 0, "min_tokens banned EOS: {:?}", d.token_ids);
