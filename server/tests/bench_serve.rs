@@ -5,23 +5,10 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
-use common::{lora_fixtures, model_dir};
+use common::{lora_fixtures, model_dir, Running};
 use serde_json::Value;
-
-/// Kills the server when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn bench_spreads_id_prompts_over_adapters_and_reports_the_step_profile() {
@@ -38,16 +25,8 @@ async fn bench_spreads_id_prompts_over_adapters_and_reports_the_step_profile() {
         .unwrap();
     let mut server = Running(server);
     let base = format!("http://127.0.0.1:{port}");
+    server.wait_ready(&base, 120).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(server.0.try_wait().unwrap().is_none(), "flint serve exited early");
-        if http.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not ready after 120 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let out = tempfile::tempdir().unwrap();
     let json_path = out.path().join("bench.json");
     let bench = tokio::task::spawn_blocking({

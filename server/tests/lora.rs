@@ -370,23 +370,13 @@ fn serve(model: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Co
     cmd
 }
 
-/// Kills the server it holds when dropped (also when the test fails).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_loads_lora_flags_at_startup() {
     let model = model_dir();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let fixtures = lora_fixtures();
     let abs = fixtures.join("mlp-r4");
-    let mut child = Child(
+    let mut child = common::Running(
         serve(model.path(), port, &["--lora", "a=attn-r8", "--lora-modules", &format!("m={}", abs.display())])
             .args(["--lora-dir", fixtures.to_str().unwrap(), "--max-loras", "2"])
             .stderr(std::process::Stdio::null())
@@ -394,18 +384,8 @@ async fn serve_loads_lora_flags_at_startup() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
+    child.wait_ready(&base, 60).await;
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        assert!(child.0.try_wait().unwrap().is_none(), "flint serve exited early");
-        assert!(std::time::Instant::now() < deadline, "flint serve was not ready in 60 s");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     let models: Value = client.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [MODEL, "a", "m"], "{models}");

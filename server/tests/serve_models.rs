@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
-use common::model_dir;
+use common::{model_dir, Running};
 use serde_json::{json, Value};
 
 fn flint() -> Command {
@@ -18,16 +15,6 @@ fn flint() -> Command {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
@@ -54,18 +41,8 @@ async fn serves_several_models_from_a_catalog() {
         .unwrap();
     let mut server = Running(child);
     let base = format!("http://127.0.0.1:{port}");
+    server.wait_ready(&base, 120).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(server.0.try_wait().unwrap().is_none(), "flint serve exited early");
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready after 120 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth("k").send();
     let models: Value = get("/v1/models").await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();

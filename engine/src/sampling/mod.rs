@@ -63,19 +63,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Largest value, NaN ignored; -inf for an empty or all-NaN row.
-pub(crate) fn row_max(xs: &[f32]) -> f32 {
-    let max = |a: f32, b: f32| if b > a { b } else { a };
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = max(*a, x);
-        }
-    }
-    acc.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| max(m, x))
-}
+/// Largest value, NaN ignored; -inf for an empty or all-NaN row (the device kernel's CPU path
+/// uses the same function).
+pub(crate) use flint_kernels::sampling::row_max;
 
 /// Σ f(x) in a fixed order: f32 lanes over blocks of 256 values (few enough terms per lane
 /// for ~1e-7 relative error), blocks added in f64 (a plain 150k-term f32 sum would lose

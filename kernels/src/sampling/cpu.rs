@@ -129,8 +129,9 @@ fn lowest_bucket(hist: &[u64], need: u64) -> usize {
         .unwrap_or(0)
 }
 
-/// Largest value of a NaN-free row (-inf when empty), in lanes the compiler vectorizes.
-fn row_max(xs: &[f32]) -> f32 {
+/// Largest value, NaN ignored; -inf for an empty or all-NaN row. In lanes the compiler
+/// vectorizes.
+pub fn row_max(xs: &[f32]) -> f32 {
     let max = |a: f32, b: f32| if b > a { b } else { a };
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);

@@ -42,6 +42,9 @@ mod cpu;
 /// The sampler's `exp` (Cephes' `expf` polynomial, ~2 ulp, 0 below -87), shared with the
 /// engine's host sampler so both weigh tokens with one function.
 pub use cpu::exp;
+/// The sampler's row maximum (NaN ignored; -inf for an empty row), shared with the engine's
+/// host sampler.
+pub use cpu::row_max;
 #[cfg(test)]
 mod tests;
 

@@ -248,3 +248,30 @@ pub fn check_usage(usage: &Value) -> (u64, u64) {
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), p + c, "{usage}");
     (p, c)
 }
+
+/// A `flint serve` child process, killed when the test ends, however it ends.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Waits until `{base}/ready` answers 200; panics if the server exits first or is not
+    /// ready within `secs` seconds.
+    pub async fn wait_ready(&mut self, base: &str, secs: u64) {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            assert!(self.0.try_wait().unwrap().is_none(), "flint serve exited early");
+            if http.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "flint serve was not ready in {secs} s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
