@@ -76,6 +76,24 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
 }
 
+impl Default for ServerConfig {
+    /// The `flint serve` defaults, without a key, adapters, model roots or data dir (tests start
+    /// from here; `flint serve` fills every field from its flags).
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_waiting_requests: 1024,
+            max_num_seqs: 256,
+            max_body_bytes: 32 << 20,
+            cors_origins: Vec::new(),
+            lora_dir: None,
+            model_roots: Vec::new(),
+            data_dir: None,
+            max_upload_bytes: 512 << 20,
+        }
+    }
+}
+
 /// Shared by every handler.
 pub struct AppState {
     pub config: ServerConfig,

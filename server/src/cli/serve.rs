@@ -134,6 +134,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             model_roots,
             data_dir: args.data_dir.clone(),
             max_upload_bytes: usize::try_from(args.max_upload_bytes).unwrap_or(usize::MAX),
+            ..ServerConfig::default()
         },
         registry.clone(),
     )

@@ -66,11 +66,8 @@ pub fn config() -> ServerConfig {
         max_waiting_requests: 64,
         max_num_seqs: 8,
         max_body_bytes: 1 << 20,
-        cors_origins: Vec::new(),
-        lora_dir: None,
-        model_roots: Vec::new(),
-        data_dir: None,
         max_upload_bytes: 1 << 20,
+        ..ServerConfig::default()
     }
 }
 
