@@ -5,49 +5,22 @@
 //! channel.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use flint_models::LoraAdapter;
-
-use tokio::sync::{
-    mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender},
-    oneshot,
-};
+use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver, UnboundedSender};
 
 use crate::{
-    error::EngineError,
+    error::{EngineError, Result},
     ids::{AdapterId, RequestId, SeqId},
     lora::{AdapterLease, AdapterSlots},
-    output::{RequestEvent, TokenLogprob},
+    messages::{EngineCommand, FaultKind, RequestEvent, Submission},
+    output::TokenLogprob,
     runner::ModelRunner,
-    sampling::{SampleContext, Sampler, SamplingDevice, SamplingParams},
+    sampling::{SampleContext, Sampler, SamplingDevice},
     scheduler::{NewSeq, Scheduler, SchedulerOutput, SchedulerStats},
+    supervise::{panic_message, Supervision},
 };
-
-/// A new request for the engine thread.
-#[derive(Debug)]
-pub(crate) struct Submission {
-    pub id: RequestId,
-    pub prompt: Vec<u32>,
-    pub params: SamplingParams,
-    pub adapter: Option<AdapterId>,
-    pub events: UnboundedSender<RequestEvent>,
-}
-
-/// Everything the engine thread can be asked to do.
-#[derive(Debug)]
-pub(crate) enum EngineCommand {
-    Submit(Submission),
-    /// Ends a request (`index: None`) or one of its samples; blocks are freed at once.
-    Abort { id: RequestId, index: Option<usize> },
-    Stats(oneshot::Sender<EngineStats>),
-    /// A checked adapter, registered by the handle under `id`.
-    AddAdapter { id: AdapterId, adapter: Arc<LoraAdapter> },
-    /// The adapter's name is gone; it is dropped once no request uses it.
-    RemoveAdapter { id: AdapterId },
-    Shutdown,
-}
 
 /// A snapshot of the engine's state and counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +65,8 @@ pub(crate) struct EngineCore {
     next_seq: u64,
     stats: EngineStats,
     opts: CoreOptions,
+    /// A fault injected for a test, suffered at the next step.
+    fault: Option<FaultKind>,
 }
 
 /// How the engine thread runs its steps.
@@ -116,40 +91,73 @@ impl EngineCore {
             next_seq: 0,
             stats: EngineStats::default(),
             opts,
+            fault: None,
         }
     }
 
-    /// The engine loop; returns on `Shutdown` or when every handle is gone.
-    pub fn run(mut self, mut rx: UnboundedReceiver<EngineCommand>) {
-        loop {
-            if !self.scheduler.has_work() {
-                // Idle: sleep until someone asks for something.
-                match rx.blocking_recv() {
-                    Some(cmd) => {
-                        if !self.handle(cmd) {
-                            break;
-                        }
-                    }
-                    None => break,
-                }
+    /// The engine loop; returns on `Shutdown`, a stop request, when every handle is gone, or
+    /// when the engine fails. A panic or a failed step is fatal: the state may be
+    /// inconsistent, so the reason is recorded in `sup` first (new requests are refused from
+    /// then on), every request in flight ends with [`EngineError::EngineFailed`], and the
+    /// model and KV cache are dropped with `self` on return.
+    pub fn run(mut self, mut rx: UnboundedReceiver<EngineCommand>, sup: &Supervision) {
+        let failure = loop {
+            match catch_unwind(AssertUnwindSafe(|| self.turn(&mut rx, sup))) {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => break None,
+                Ok(Err(e)) => break Some(format!("a step failed: {e}")),
+                Err(payload) => break Some(format!("the engine thread panicked: {}", panic_message(&*payload))),
             }
-            loop {
-                match rx.try_recv() {
-                    Ok(cmd) => {
-                        if !self.handle(cmd) {
-                            self.fail_all(|| EngineError::Shutdown);
-                            return;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            }
-            if self.scheduler.has_work() {
-                self.step();
+        };
+        if let Some(reason) = &failure {
+            tracing::error!("engine failed, stopping it: {reason}");
+            sup.fail(reason.clone());
+        }
+        let err = || failure.as_ref().map_or(EngineError::Shutdown, |r| EngineError::EngineFailed(r.clone()));
+        // After a panic the bookkeeping may itself be broken: the streams then see their
+        // channels close, and report `sup`'s reason.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.fail_all(err)));
+    }
+
+    /// One turn of the loop: wait for commands while idle, apply every pending one, run a
+    /// step. `Ok(false)` stops the loop.
+    fn turn(&mut self, rx: &mut UnboundedReceiver<EngineCommand>, sup: &Supervision) -> Result<bool> {
+        if sup.stop_requested() {
+            return Ok(false);
+        }
+        if !self.scheduler.has_work() && self.fault.is_none() {
+            // Idle: sleep until someone asks for something.
+            let Some(cmd) = rx.blocking_recv() else { return Ok(false) };
+            if !self.handle(cmd) {
+                return Ok(false);
             }
         }
-        self.fail_all(|| EngineError::Shutdown);
+        loop {
+            // A stop request overtakes a backlog of commands.
+            if sup.stop_requested() {
+                return Ok(false);
+            }
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return Ok(false);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(false),
+            }
+        }
+        match self.fault.take() {
+            Some(FaultKind::Panic) => panic!("injected fault (FaultKind::Panic)"),
+            Some(FaultKind::StepError) => {
+                return Err(EngineError::StepFailed("injected fault (FaultKind::StepError)".into()))
+            }
+            None => {}
+        }
+        if self.scheduler.has_work() {
+            self.step()?;
+        }
+        Ok(true)
     }
 
     /// Applies one command; false means stop the loop.
@@ -162,6 +170,7 @@ impl EngineCore {
             }
             EngineCommand::AddAdapter { id, adapter } => self.adapters.add(id, adapter),
             EngineCommand::RemoveAdapter { id } => self.adapters.remove(id),
+            EngineCommand::Fault(kind) => self.fault = Some(kind),
             EngineCommand::Shutdown => return false,
         }
         true
@@ -261,7 +270,7 @@ impl EngineCore {
     }
 
     /// One iteration: schedule, one forward pass, sample, update, emit.
-    fn step(&mut self) {
+    fn step(&mut self) -> Result<()> {
         let t0 = Instant::now();
         let out = self.scheduler.schedule();
         self.stats.schedule_micros += t0.elapsed().as_micros() as u64;
@@ -277,32 +286,17 @@ impl EngineCore {
             // Nothing could run this step (e.g. only preemptions happened): try again soon
             // rather than spinning.
             std::thread::sleep(std::time::Duration::from_millis(1));
-            return;
+            return Ok(());
         }
-        match self.run_and_sample(&out) {
-            Ok(sampled) => self.apply(&out, sampled),
-            Err(e) => {
-                tracing::error!("forward pass failed: {e}");
-                let msg = e.to_string();
-                let reqs: Vec<RequestId> =
-                    out.seqs.iter().filter_map(|s| self.active.get(&s.id).map(|a| a.req)).collect();
-                for req in reqs {
-                    let seqs = self.requests.get(&req).cloned().unwrap_or_default();
-                    if let Some(a) = seqs.first().and_then(|s| self.active.get(s)) {
-                        let _ = a.events.send(RequestEvent::Failed(EngineError::StepFailed(msg.clone())));
-                    }
-                    for seq in seqs {
-                        self.finish_seq(seq);
-                    }
-                }
-            }
-        }
+        let sampled = self.run_and_sample(&out)?;
+        self.apply(&out, sampled);
+        Ok(())
     }
 
     /// Runs the model and samples one token per sampling row: rows whose sampler can run on
     /// the device go through one `sample_rows` call there (only ids come back); the others
     /// (logprobs, or host sampling) are copied to the host and use their [`Sampler`].
-    fn run_and_sample(&mut self, out: &SchedulerOutput) -> crate::error::Result<Vec<(SeqId, u32, Option<TokenLogprob>)>> {
+    fn run_and_sample(&mut self, out: &SchedulerOutput) -> Result<Vec<(SeqId, u32, Option<TokenLogprob>)>> {
         let t0 = Instant::now();
         // Unloaded adapters whose last request ended leave their slots first.
         self.adapters.collect();

@@ -34,6 +34,9 @@ pub enum EngineError {
     Shutdown,
     #[error("engine step failed: {0}")]
     StepFailed(String),
+    /// The engine thread panicked or a step failed; it is gone and must be restarted.
+    #[error("the engine failed: {0}")]
+    EngineFailed(String),
     #[error("model forward failed: {0}")]
     Forward(#[from] candle_core::Error),
 }

@@ -7,20 +7,23 @@ use std::{
         Arc, Mutex,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use flint_models::{load, load_dummy, GenerationConfig, KvCache, LoadOptions, LoraAdapter, ModelConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    core::{CoreOptions, EngineCommand, EngineCore, EngineStats, Submission},
+    core::{CoreOptions, EngineCore, EngineStats},
     error::{EngineError, Result},
     ids::RequestId,
     lora::{AdapterCatalog, AdapterInfo, LoraSettings},
+    messages::{EngineCommand, FaultKind, Submission},
     output::OutputStream,
     runner::ModelRunner,
     sampling::{SamplingDevice, SamplingParams},
     scheduler::{Scheduler, SchedulerConfig},
+    supervise::{ExitGuard, Supervision},
     tokenizer::Tokenizer,
 };
 
@@ -113,11 +116,14 @@ struct Inner {
     /// request and an unload reach the engine thread in the order they happened here.
     adapters: Mutex<AdapterCatalog>,
     next_id: AtomicU64,
+    /// Stop requests, the failure reason and the thread's exit, shared with the thread.
+    sup: Arc<Supervision>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.sup.request_stop();
         let _ = self.cmd.send(EngineCommand::Shutdown);
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
@@ -125,7 +131,9 @@ impl Drop for Inner {
     }
 }
 
-/// A cheap, clonable handle to the engine thread; the thread stops when the last one is dropped.
+/// A cheap, clonable handle to the engine thread; the thread stops when the last one is
+/// dropped, or at once on [`EngineHandle::stop`]. A panic or a failed step on the thread is
+/// fatal to it: [`EngineHandle::failure`] then says why, and every request fails fast.
 #[derive(Clone)]
 pub struct EngineHandle {
     inner: Arc<Inner>,
@@ -151,15 +159,21 @@ impl EngineHandle {
         });
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<EngineInfo>>(1);
+        let sup = Arc::new(Supervision::default());
+        let thread_sup = sup.clone();
         let thread = std::thread::Builder::new()
             .name("flint-engine".into())
-            .spawn(move || match build_core(&cfg) {
-                Ok((core, info)) => {
-                    let _ = ready_tx.send(Ok(info));
-                    core.run(cmd_rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            .spawn(move || {
+                // Dropped last, after the core (model, KV cache), even if a panic escapes.
+                let _exit = ExitGuard(thread_sup.clone());
+                match build_core(&cfg) {
+                    Ok((core, info)) => {
+                        let _ = ready_tx.send(Ok(info));
+                        core.run(cmd_rx, &thread_sup);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| EngineError::StepFailed(format!("cannot start the engine thread: {e}")))?;
@@ -180,6 +194,7 @@ impl EngineHandle {
             info,
             adapters: Mutex::new(AdapterCatalog::default()),
             next_id: AtomicU64::new(1),
+            sup,
             thread: Mutex::new(Some(thread)),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -202,6 +217,9 @@ impl EngineHandle {
     /// [`Self::generate`] with the LoRA adapter loaded under the name `adapter`
     /// ([`EngineError::UnknownAdapter`] if there is none).
     pub fn generate_with(&self, prompt: Vec<u32>, params: SamplingParams, adapter: Option<&str>) -> Result<OutputStream> {
+        if let Some(e) = self.inner.sup.refusal() {
+            return Err(e);
+        }
         let info = &self.inner.info;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -237,13 +255,14 @@ impl EngineHandle {
             id,
             rx,
             self.inner.cmd.clone(),
+            self.inner.sup.clone(),
             self.inner.tokenizer.clone(),
             params.n,
             &params.stop,
             prompt.len(),
         );
         let sub = Submission { id, prompt, params, adapter, events: tx };
-        self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| EngineError::Shutdown)?;
+        self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| self.inner.sup.gone())?;
         drop(catalog);
         Ok(stream)
     }
@@ -270,7 +289,7 @@ impl EngineHandle {
         tracing::info!("LoRA adapter `{name}` loaded from {} (r={}, {} KiB)", info.path.display(), adapter.rank, adapter.size_bytes() / 1024);
         if self.inner.cmd.send(EngineCommand::AddAdapter { id: info.id, adapter: Arc::new(adapter) }).is_err() {
             let _ = catalog.remove(name);
-            return Err(EngineError::Shutdown);
+            return Err(self.inner.sup.gone());
         }
         Ok(info)
     }
@@ -301,8 +320,44 @@ impl EngineHandle {
     /// Counters and occupancy, read on the engine thread between steps.
     pub async fn stats(&self) -> Result<EngineStats> {
         let (tx, rx) = oneshot::channel();
-        self.inner.cmd.send(EngineCommand::Stats(tx)).map_err(|_| EngineError::Shutdown)?;
-        rx.await.map_err(|_| EngineError::Shutdown)
+        self.inner.cmd.send(EngineCommand::Stats(tx)).map_err(|_| self.inner.sup.gone())?;
+        rx.await.map_err(|_| self.inner.sup.gone())
+    }
+
+    /// Why the engine thread failed (it panicked, or a step failed), once it has: the engine
+    /// is then gone for good, and a new one must be started to serve again.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.sup.failure().map(str::to_owned)
+    }
+
+    /// Ends the engine thread at its next step boundary, whatever is running or queued:
+    /// requests in flight end with [`EngineError::Shutdown`], new ones are refused, and the
+    /// model and KV cache are freed when the thread exits, even while other clones of this
+    /// handle or [`OutputStream`]s are still alive. Idempotent; does not wait (see
+    /// [`Self::join_timeout`]).
+    pub fn stop(&self) {
+        self.inner.sup.request_stop();
+        // Wakes the thread if it sleeps waiting for work.
+        let _ = self.inner.cmd.send(EngineCommand::Shutdown);
+    }
+
+    /// Waits (blocking) up to `timeout` for the engine thread to exit; true once it has, its
+    /// model and KV cache freed. Call it off the async runtime's worker threads.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        if !self.inner.sup.wait_exited(timeout) {
+            return false;
+        }
+        if let Some(t) = self.inner.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join(); // it has exited: this only reaps it
+        }
+        true
+    }
+
+    /// Test-only: makes the engine thread suffer `kind` at its next step (at once when idle),
+    /// so failure handling can be exercised without a broken device.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, kind: FaultKind) {
+        let _ = self.inner.cmd.send(EngineCommand::Fault(kind));
     }
 }
 

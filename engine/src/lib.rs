@@ -16,6 +16,9 @@
 //!   and kept in the model's bounded slots ([`LoraSettings`]).
 //! - [`finetune`]: LoRA supervised fine-tuning of the served base model ([`finetune::train`]
 //!   over token-level [`finetune::TrainExample`]s; the result saves as a PEFT adapter).
+//! - Supervision: a panic or failed step on the engine thread is fatal to it and reported by
+//!   [`EngineHandle::failure`]; [`EngineHandle::stop`] ends it at once. The channel messages
+//!   between the handle, the thread and the streams are all in `messages`.
 //! - [`EngineError`]: this layer's one error type.
 
 pub mod core;
@@ -28,11 +31,13 @@ pub mod ids;
 pub mod kv;
 pub mod lora;
 pub mod memory;
+mod messages;
 pub mod output;
 pub mod runner;
 pub mod sampling;
 pub mod scheduler;
 pub mod stop;
+mod supervise;
 pub mod tokenizer;
 
 pub use detokenizer::Detokenizer;
@@ -43,6 +48,8 @@ pub use generate::{Completion, Generator, GeneratorOptions};
 pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvCacheBudget};
 pub use ids::{AdapterId, RequestId};
 pub use lora::{AdapterInfo, LoraSettings};
+#[doc(hidden)]
+pub use messages::FaultKind;
 pub use output::{OutputStream, SampleOutput, StreamDelta, TokenLogprob, Usage};
 pub use scheduler::{Finish, FinishReason, StopReason};
 pub use sampling::{Sampler, SamplingDevice, SamplingParams};

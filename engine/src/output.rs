@@ -10,12 +10,13 @@ use std::{collections::VecDeque, sync::Arc};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::{
-    core::EngineCommand,
     detokenizer::Detokenizer,
-    error::{EngineError, Result},
+    error::Result,
     ids::RequestId,
+    messages::{EngineCommand, RequestEvent},
     scheduler::{Finish, FinishReason, StopReason},
     stop::StopMatcher,
+    supervise::Supervision,
     tokenizer::Tokenizer,
 };
 
@@ -26,19 +27,6 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// `(token, logprob)`, most likely first.
     pub top: Vec<(u32, f32)>,
-}
-
-/// What the engine thread tells a request's stream.
-#[derive(Debug)]
-pub(crate) enum RequestEvent {
-    /// Sample `index` was admitted; `cached_tokens` of its prompt came from the prefix cache.
-    Started { index: usize, cached_tokens: usize },
-    /// Sample `index` produced an output token.
-    Token { index: usize, token: u32, logprob: Option<TokenLogprob> },
-    /// Sample `index` ended (token-level reasons: EOS, stop token ids, length).
-    Finished { index: usize, finish: Finish },
-    /// The whole request failed.
-    Failed(EngineError),
 }
 
 /// New output of one sample.
@@ -88,6 +76,8 @@ pub struct OutputStream {
     id: RequestId,
     rx: UnboundedReceiver<RequestEvent>,
     cmd: UnboundedSender<EngineCommand>,
+    /// Why the engine is gone, when the event channel closes before the end.
+    sup: Arc<Supervision>,
     tokenizer: Arc<Tokenizer>,
     samples: Vec<SampleState>,
     ready: VecDeque<StreamDelta>,
@@ -100,6 +90,7 @@ impl OutputStream {
         id: RequestId,
         rx: UnboundedReceiver<RequestEvent>,
         cmd: UnboundedSender<EngineCommand>,
+        sup: Arc<Supervision>,
         tokenizer: Arc<Tokenizer>,
         n: usize,
         stops: &[String],
@@ -107,7 +98,7 @@ impl OutputStream {
     ) -> Self {
         let samples = (0..n).map(|_| SampleState { stop: StopMatcher::new(stops), ..Default::default() }).collect();
         let usage = Usage { prompt_tokens, ..Default::default() };
-        Self { id, rx, cmd, tokenizer, samples, ready: VecDeque::new(), usage, failed: false }
+        Self { id, rx, cmd, sup, tokenizer, samples, ready: VecDeque::new(), usage, failed: false }
     }
 
     pub fn request_id(&self) -> RequestId {
@@ -134,7 +125,7 @@ impl OutputStream {
             }
             let Some(event) = self.rx.recv().await else {
                 self.failed = true;
-                return Some(Err(EngineError::Shutdown));
+                return Some(Err(self.sup.gone()));
             };
             if let Err(e) = self.handle(event) {
                 self.failed = true;

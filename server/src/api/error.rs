@@ -171,6 +171,7 @@ impl From<EngineError> for ApiError {
             | EngineError::Tokenizer { .. }
             | EngineError::InvalidConfig { .. }
             | EngineError::StepFailed(_)
+            | EngineError::EngineFailed(_)
             | EngineError::Forward(_) => Self::internal(msg),
         }
     }
