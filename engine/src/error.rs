@@ -12,14 +12,11 @@ pub enum EngineError {
     Tokenize(String),
     #[error("invalid sampling parameter `{field}`: {reason}")]
     InvalidParameter { field: &'static str, reason: String },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
     #[error("token id {id} is outside the vocabulary ({vocab_size} tokens)")]
     TokenOutOfVocab { id: u32, vocab_size: usize },
-    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
-    ContextTooLong { prompt: usize, max_tokens: usize, context: usize },
     #[error("invalid engine setting `{field}`: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// The request could never run (empty, too long for the context or the whole cache).
     #[error(transparent)]
     Admit(#[from] crate::scheduler::AdmitError),
     #[error("LoRA adapter `{0}` does not exist")]

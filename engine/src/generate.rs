@@ -11,7 +11,7 @@ use flint_models::{
 use crate::{
     detokenizer::Detokenizer,
     error::{EngineError, Result},
-    scheduler::FinishReason,
+    scheduler::{check_admission, AdmitLimits, FinishReason},
     sampling::{SampleContext, Sampler, SamplingParams},
     tokenizer::Tokenizer,
 };
@@ -181,22 +181,15 @@ impl Runner {
         params: &SamplingParams,
         mut on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<Run> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
         let vocab_size = self.model.config().vocab_size;
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(EngineError::TokenOutOfVocab { id, vocab_size });
         }
         params.check_vocab(vocab_size)?;
-        let context = self.max_context();
-        if prompt.len() + params.max_tokens > context {
-            return Err(EngineError::ContextTooLong {
-                prompt: prompt.len(),
-                max_tokens: params.max_tokens,
-                context,
-            });
-        }
+        // The cache is sized for this one sequence, so only the context limits it.
+        let limits =
+            AdmitLimits { max_model_len: self.max_context(), block_size: self.opts.block_size, usable_blocks: usize::MAX };
+        check_admission(limits, prompt.len(), params.max_tokens)?;
         let (bs, chunk) = (self.opts.block_size, self.opts.prefill_chunk);
         let total = prompt.len() + params.max_tokens;
         // One sequence owns the whole cache, so its block table is simply 0..n.

@@ -22,7 +22,7 @@ use crate::{
     output::OutputStream,
     runner::ModelRunner,
     sampling::{SamplingDevice, SamplingParams},
-    scheduler::{Scheduler, SchedulerConfig},
+    scheduler::{check_admission, AdmitLimits, Scheduler, SchedulerConfig},
     supervise::{ExitGuard, Supervision},
     tokenizer::Tokenizer,
 };
@@ -106,6 +106,13 @@ pub struct EngineInfo {
     pub device: flint_models::Device,
     pub eos_ids: Vec<u32>,
     pub lora: Option<LoraSettings>,
+}
+
+impl EngineInfo {
+    /// The limits every request is admitted against.
+    pub fn admit_limits(&self) -> AdmitLimits {
+        AdmitLimits { max_model_len: self.max_model_len, block_size: self.block_size, usable_blocks: self.num_blocks }
+    }
 }
 
 struct Inner {
@@ -220,30 +227,11 @@ impl EngineHandle {
         if let Some(e) = self.inner.sup.refusal() {
             return Err(e);
         }
-        let info = &self.inner.info;
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        let vocab_size = info.model.vocab_size;
+        let vocab_size = self.inner.info.model.vocab_size;
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(EngineError::TokenOutOfVocab { id, vocab_size });
         }
-        params.check_vocab(vocab_size)?;
-        if prompt.len() + params.max_tokens > info.max_model_len {
-            return Err(EngineError::ContextTooLong {
-                prompt: prompt.len(),
-                max_tokens: params.max_tokens,
-                context: info.max_model_len,
-            });
-        }
-        let needed = prompt.len().div_ceil(info.block_size);
-        if needed > info.num_blocks {
-            return Err(EngineError::Admit(crate::scheduler::AdmitError::PromptExceedsCache {
-                prompt: prompt.len(),
-                needed,
-                available: info.num_blocks,
-            }));
-        }
+        self.check(prompt.len(), &params)?;
         let catalog = self.catalog()?;
         let adapter = match adapter {
             Some(name) => Some(catalog.get(name)?.id),
@@ -265,6 +253,18 @@ impl EngineHandle {
         self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| self.inner.sup.gone())?;
         drop(catalog);
         Ok(stream)
+    }
+
+    /// Whether a request of `prompt_len` tokens with `params` could run here (the engine's
+    /// one admission check, plus `params`' token ids against the vocabulary), without
+    /// submitting it: a caller with several prompts checks them all before submitting any.
+    pub fn check(&self, prompt_len: usize, params: &SamplingParams) -> Result<()> {
+        if let Some(e) = self.inner.sup.refusal() {
+            return Err(e);
+        }
+        params.check_vocab(self.inner.info.model.vocab_size)?;
+        check_admission(self.inner.info.admit_limits(), prompt_len, params.max_tokens)?;
+        Ok(())
     }
 
     fn catalog(&self) -> Result<std::sync::MutexGuard<'_, AdapterCatalog>> {

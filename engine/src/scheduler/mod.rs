@@ -8,12 +8,14 @@
 //! are freed and it goes back to the front of the queue, to be recomputed from its tokens (which
 //! the prefix cache often still holds). Pure bookkeeping: no tensors, unit-tested without a model.
 
+mod admit;
 mod request;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
 
+pub use admit::{check_admission, AdmitError, AdmitLimits};
 pub use request::{Finish, FinishReason, NewSeq, StopReason};
 use request::Seq;
 
@@ -37,17 +39,6 @@ pub struct SchedulerConfig {
     pub prefix_caching: bool,
     /// Distinct LoRA adapters among running sequences (the model's LoRA slots).
     pub max_loras: usize,
-}
-
-/// Why a sequence cannot be queued.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AdmitError {
-    #[error("the prompt ({prompt} tokens) needs {needed} KV blocks but the whole cache has {available}")]
-    PromptExceedsCache { prompt: usize, needed: usize, available: usize },
-    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
-    ContextTooLong { prompt: usize, max_tokens: usize, context: usize },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
 }
 
 /// One sequence's share of a step.
@@ -120,20 +111,18 @@ impl Scheduler {
         &self.cfg
     }
 
+    /// The limits every sequence is admitted against ([`check_admission`]).
+    pub fn admit_limits(&self) -> AdmitLimits {
+        AdmitLimits {
+            max_model_len: self.cfg.max_model_len,
+            block_size: self.cfg.block_size,
+            usable_blocks: self.kv.pool().num_usable(),
+        }
+    }
+
     /// Checks that a sequence could ever run, without queueing it.
     pub fn check(&self, prompt_len: usize, max_tokens: usize) -> Result<(), AdmitError> {
-        if prompt_len == 0 {
-            return Err(AdmitError::EmptyPrompt);
-        }
-        if prompt_len + max_tokens > self.cfg.max_model_len {
-            return Err(AdmitError::ContextTooLong { prompt: prompt_len, max_tokens, context: self.cfg.max_model_len });
-        }
-        let needed = self.kv.blocks_for(prompt_len);
-        let available = self.kv.pool().num_usable();
-        if needed > available {
-            return Err(AdmitError::PromptExceedsCache { prompt: prompt_len, needed, available });
-        }
-        Ok(())
+        check_admission(self.admit_limits(), prompt_len, max_tokens)
     }
 
     /// Queues a sequence (refused, changing nothing, if it could never run).

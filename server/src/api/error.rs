@@ -150,9 +150,11 @@ impl From<EngineError> for ApiError {
         let msg = e.to_string();
         match e {
             EngineError::InvalidParameter { field, .. } => Self::invalid(field, msg),
-            EngineError::EmptyPrompt => Self::invalid("prompt", msg),
             EngineError::TokenOutOfVocab { .. } => Self::invalid("prompt", msg),
-            EngineError::ContextTooLong { .. } => Self::invalid("max_tokens", msg),
+            // The prompt alone fills the context: no max_tokens could fit.
+            EngineError::Admit(AdmitError::ContextTooLong { prompt, context, .. }) if prompt >= context => {
+                Self::invalid("prompt", msg)
+            }
             EngineError::Admit(AdmitError::ContextTooLong { .. }) => Self::invalid("max_tokens", msg),
             EngineError::Admit(AdmitError::PromptExceedsCache { .. }) | EngineError::Admit(AdmitError::EmptyPrompt) => {
                 Self::invalid("prompt", msg)
