@@ -7,6 +7,9 @@
 //! - [`bench`]: `flint bench`, a load generator for any OpenAI-compatible server.
 //! - [`chat_template`]: Hugging Face chat templates rendered with minijinja
 //!   ([`chat_template::ChatTemplate`]).
+//! - [`generation`]: what every protocol shares between parsing a request and shaping its
+//!   answer: admission per sequence, prompt building on blocking threads, sampling mapping,
+//!   submit / stream / collect ([`generation::GenError`] for its errors).
 //! - [`registry`]: runtime model management ([`registry::ModelRegistry`]: several models,
 //!   loading / ready / failed / unloading, switch, idle unload; the TOML catalog).
 //! - [`finetune`]: OpenAI-style fine-tuning (files, jobs, LoRA training on the served model),
@@ -21,5 +24,6 @@ pub mod bench;
 pub mod chat_template;
 pub mod cli;
 pub mod finetune;
+pub mod generation;
 pub mod registry;
 pub mod logs;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::generation::SamplingFields;
+
 /// `stop`: one string or a list.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -67,7 +69,7 @@ macro_rules! with_sampling_fields {
                     temperature: self.temperature,
                     top_p: self.top_p,
                     n: self.n,
-                    stop: self.stop.clone(),
+                    stop: self.stop.clone().map(StopField::into_vec),
                     presence_penalty: self.presence_penalty,
                     frequency_penalty: self.frequency_penalty,
                     logit_bias: self.logit_bias.clone(),
@@ -82,26 +84,6 @@ macro_rules! with_sampling_fields {
             }
         }
     };
-}
-
-/// The sampling fields of a request, whichever endpoint it came to.
-#[derive(Clone, Debug, Default)]
-pub struct SamplingFields {
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub n: Option<i64>,
-    pub stop: Option<StopField>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub logit_bias: Option<HashMap<String, f32>>,
-    pub seed: Option<i64>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub ignore_eos: Option<bool>,
-    pub min_tokens: Option<i64>,
-    pub stop_token_ids: Option<Vec<i64>>,
 }
 
 /// A chat message's `content`: a string or a list of parts (text parts are joined).

@@ -12,11 +12,11 @@ use super::{
     OllamaError, OllamaJson,
 };
 use crate::{
-    api::{
-        openai::{chat::prompt_ids, forward_all, generate, sampling_params},
-        AppState,
+    api::AppState,
+    generation::{
+        prompt::{chat_prompt, message},
+        sampling_params, submit, Role,
     },
-    chat_template::ChatMessage,
 };
 
 pub async fn handler(
@@ -28,11 +28,14 @@ pub async fn handler(
     let keep = keep_alive(req.common.keep_alive.as_ref())?;
     unsupported("tools", &req.tools)?;
     let messages = req.messages.unwrap_or_default();
-    for (i, m) in messages.iter().enumerate() {
+    let mut msgs = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
         unsupported(&format!("messages[{i}].images"), &m.images)?;
         unsupported(&format!("messages[{i}].tool_calls"), &m.tool_calls)?;
+        let role = Role::parse(&m.role, || format!("messages[{i}].role"))?;
+        msgs.push(message(role, m.content.unwrap_or_default()));
     }
-    if messages.is_empty() {
+    if msgs.is_empty() {
         // As in Ollama: no messages loads the model (or unloads it with keep_alive 0).
         return load_or_unload(&state, &req.model, keep, |b| {
             b.insert("message".into(), json!({"role": "assistant", "content": ""}));
@@ -44,19 +47,20 @@ pub async fn handler(
     if let Some(k) = keep {
         a.served.set_keep_alive(k);
     }
-    let template = a.served.template.as_ref().ok_or_else(|| {
-        invalid("messages", format!("model '{}' has no chat template; use /api/generate with raw: true", req.model))
-    })?;
-    let msgs: Vec<ChatMessage> =
-        messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content.unwrap_or_default() }).collect();
+    if a.served.template.is_none() {
+        return Err(invalid(
+            "messages",
+            format!("model '{}' has no chat template; use /api/generate with raw: true", req.model),
+        ));
+    }
     let tok = a.served.engine.tokenizer().clone();
-    let ids = prompt_ids(&tok, template, &msgs)?;
+    let ids = chat_prompt(a.served.clone(), msgs, true, state.config.prompt_limits).await?;
     let info = a.served.engine.info();
     let opts = &checked.options;
     let max_tokens = opts.max_tokens(ids.len(), info.max_model_len);
     let params = sampling_params(&opts.sampling, Some(max_tokens), checked.logprobs, ids.len(), info.max_model_len)?;
-    let stream = generate(&a.served, a.adapter.as_deref(), ids, params)?;
-    let rx = forward_all(vec![stream], state.metrics.model(&a.served.name), arrival);
+    let metrics = state.metrics.model(&a.served.name);
+    let rx = submit(&a.served, a.adapter.as_deref(), vec![(ids, params)], metrics, arrival)?;
     let job = Job {
         model: req.model,
         shape: Shape::Chat,

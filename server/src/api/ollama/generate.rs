@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Instant};
 
 use axum::{extract::State, response::Response};
-use flint_engine::Tokenizer;
 use serde_json::Value;
 
 use super::{
@@ -13,11 +12,12 @@ use super::{
     OllamaError, OllamaJson,
 };
 use crate::{
-    api::{
-        openai::{chat::prompt_ids, forward_all, generate, sampling_params},
-        AppState,
+    api::{AppState, Served},
+    chat_template::ChatMessage,
+    generation::{
+        prompt::{blocking, chat_prompt, message},
+        sampling_params, submit, PromptLimits, Role,
     },
-    chat_template::{ChatMessage, ChatTemplate},
 };
 
 /// 400 for a string field flint does not support, when given non-empty.
@@ -43,35 +43,40 @@ fn context_ids(ctx: &[i64], vocab_size: usize) -> Result<Vec<u32>, OllamaError> 
 /// The prompt's token ids. As Ollama applies the model's template to `system` + `prompt`,
 /// flint renders them as a chat through the model's chat template; `raw` (or a model with
 /// no template) tokenizes the prompt as `/v1/completions` does, BOS included when the model
-/// wants one. Token ids from `context` come first (without a second BOS).
-fn prompt_tokens(
-    tok: &Tokenizer,
-    template: Option<&ChatTemplate>,
+/// wants one. Token ids from `context` come first (without a second BOS). The work runs on
+/// a blocking thread, within the server's prompt limits.
+async fn prompt_tokens(
+    served: Arc<Served>,
     raw: bool,
-    system: Option<&str>,
-    prompt: &str,
+    system: Option<String>,
+    prompt: String,
     context: Vec<u32>,
+    limits: PromptLimits,
 ) -> Result<Vec<u32>, OllamaError> {
     let system = system.filter(|s| !s.is_empty());
-    let body = match (template, raw) {
-        (Some(t), false) => {
-            let mut msgs: Vec<ChatMessage> = system.map(|s| ChatMessage::new("system", s)).into_iter().collect();
-            msgs.push(ChatMessage::new("user", prompt));
-            prompt_ids(tok, t, &msgs)?
+    let body = if served.template.is_some() && !raw {
+        let mut msgs: Vec<ChatMessage> = system.map(|s| message(Role::System, s)).into_iter().collect();
+        msgs.push(message(Role::User, prompt));
+        chat_prompt(served, msgs, true, limits).await?
+    } else {
+        // No template to place a system prompt in: it goes before the prompt (not in raw
+        // mode, where Ollama ignores it too).
+        let text = match system.filter(|_| !raw) {
+            Some(s) => format!("{s}\n\n{prompt}"),
+            None => prompt,
+        };
+        if text.len() > limits.max_prompt_bytes {
+            return Err(invalid(
+                "prompt",
+                format!("the prompt has {} bytes; at most {} are allowed", text.len(), limits.max_prompt_bytes),
+            ));
         }
-        _ => {
-            // No template to place a system prompt in: it goes before the prompt (not in raw
-            // mode, where Ollama ignores it too).
-            let text = match system.filter(|_| !raw) {
-                Some(s) => format!("{s}\n\n{prompt}"),
-                None => prompt.to_owned(),
-            };
-            if context.is_empty() {
-                tok.encode_prompt(&text)?
-            } else {
-                tok.encode_raw(&text)?
-            }
-        }
+        let with_bos = context.is_empty();
+        blocking(move |_| {
+            let tok = served.engine.tokenizer();
+            Ok(if with_bos { tok.encode_prompt(&text)? } else { tok.encode_raw(&text)? })
+        })
+        .await?
     };
     let mut ids = context;
     ids.extend(body);
@@ -104,12 +109,13 @@ pub async fn handler(
     let info = a.served.engine.info();
     let context = context_ids(req.context.as_deref().unwrap_or_default(), info.model.vocab_size)?;
     let raw = req.raw.unwrap_or(false);
-    let ids = prompt_tokens(&tok, a.served.template.as_ref(), raw, req.system.as_deref(), &prompt, context)?;
+    let limits = state.config.prompt_limits;
+    let ids = prompt_tokens(a.served.clone(), raw, req.system, prompt, context, limits).await?;
     let opts = &checked.options;
     let max_tokens = opts.max_tokens(ids.len(), info.max_model_len);
     let params = sampling_params(&opts.sampling, Some(max_tokens), checked.logprobs, ids.len(), info.max_model_len)?;
-    let stream = generate(&a.served, a.adapter.as_deref(), ids.clone(), params)?;
-    let rx = forward_all(vec![stream], state.metrics.model(&a.served.name), arrival);
+    let metrics = state.metrics.model(&a.served.name);
+    let rx = submit(&a.served, a.adapter.as_deref(), vec![(ids.clone(), params)], metrics, arrival)?;
     let job = Job {
         model: req.model,
         shape: Shape::Generate { prompt_ids: ids },

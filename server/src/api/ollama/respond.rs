@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{now_rfc3339, OllamaError};
-use crate::api::{openai::Fwd, Permit};
+use crate::generation::{next_or_gone, Fwd, Permit, Submitted};
 
 /// Which route answers: `/api/generate` puts text in `response` and returns the token ids
 /// in `context`; `/api/chat` puts it in `message`.
@@ -196,7 +196,7 @@ fn to_line(line: &Line) -> String {
 
 /// Writes the answer from `rx`, keeping `permit` until it is fully written (or the client is
 /// gone: dropping `rx` then aborts the engine request).
-pub async fn respond(job: Job, permit: Permit, mut rx: mpsc::Receiver<Fwd>) -> Result<Response, OllamaError> {
+pub async fn respond(job: Job, permit: Permit, mut rx: Submitted) -> Result<Response, OllamaError> {
     if !job.stream {
         let (mut text, mut tally, mut lps) = (String::new(), Tally::default(), Vec::new());
         let mut usage = Usage::default();
@@ -222,7 +222,7 @@ pub async fn respond(job: Job, permit: Permit, mut rx: mpsc::Receiver<Fwd>) -> R
     tokio::spawn(async move {
         let _permit = permit;
         let mut tally = Tally::default();
-        while let Some(msg) = rx.recv().await {
+        while let Some(msg) = next_or_gone(&mut rx, &tx).await {
             let data = match msg {
                 Fwd::Delta { delta, .. } => {
                     tally.see(&delta);

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{invalid, OllamaError};
-use crate::api::types::{SamplingFields, StopField};
+use crate::generation::SamplingFields;
 
 /// `POST /api/generate`.
 #[derive(Debug, Deserialize)]
@@ -220,15 +220,11 @@ fn int(key: &str, v: &Value) -> Result<i64, OllamaError> {
         .ok_or_else(|| invalid(format!("options.{key}"), format!("`options.{key}` must be an integer, got {v}")))
 }
 
-fn stop(v: &Value) -> Result<StopField, OllamaError> {
+fn stop(v: &Value) -> Result<Vec<String>, OllamaError> {
     let bad = || invalid("options.stop", format!("`options.stop` must be a list of strings, got {v}"));
     match v {
-        Value::String(s) => Ok(StopField::One(s.clone())),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_owned).ok_or_else(bad))
-            .collect::<Result<_, _>>()
-            .map(StopField::Many),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned).ok_or_else(bad)).collect(),
         _ => Err(bad()),
     }
 }

@@ -7,13 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
-use super::{
-    admit, chat_logprobs, collect_deltas, forward_all, generate, new_id, now, sampling_params, sse_response, stop_reason,
-    usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
-};
+use super::{chat_logprobs, sse_response, stop_reason, usage, write_chunks, TokenNames};
 use crate::{
     api::{
         error::ApiError,
@@ -23,16 +19,22 @@ use crate::{
         },
         AppState, JsonBody,
     },
-    chat_template::{ChatMessage, ChatTemplate},
+    chat_template::ChatMessage,
+    generation::{
+        admission::Cost,
+        collect_deltas, logprobs_count, new_id, now,
+        params::requested_n,
+        prompt::{chat_prompt, message},
+        sampling_params, submit, Role,
+    },
 };
 
-/// The request's messages as the template sees them (text parts joined).
+/// The request's messages as the template sees them: roles checked against the allow-list,
+/// text parts joined.
 fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
-    }
     let mut out = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
+        let role = Role::parse(&m.role, || format!("messages[{i}].role"))?;
         let content = match &m.content {
             None => String::new(),
             Some(MessageContent::Text(s)) => s.clone(),
@@ -55,46 +57,9 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
                 text
             }
         };
-        out.push(ChatMessage { role: m.role.clone(), content });
+        out.push(message(role, content));
     }
     Ok(out)
-}
-
-/// Renders the conversation, ready for the assistant's answer, and tokenizes it.
-pub fn prompt_ids(tok: &Tokenizer, template: &ChatTemplate, msgs: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
-    chat_ids(tok, template, msgs, true)
-}
-
-/// Renders the conversation (with the generation prompt or not) and tokenizes it. Text typed
-/// by users that spells a special token stays text: the template is rendered with
-/// placeholders, and user text is encoded literally.
-pub fn chat_ids(
-    tok: &Tokenizer,
-    template: &ChatTemplate,
-    msgs: &[ChatMessage],
-    add_generation_prompt: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let render = |m: &[ChatMessage]| {
-        template.render(m, add_generation_prompt).map_err(|e| ApiError::invalid("messages", e.to_string()))
-    };
-    if !msgs.iter().any(|m| tok.contains_special_token(&m.content)) {
-        return Ok(tok.encode_raw(&render(msgs)?)?);
-    }
-    let marker = |i: usize| format!("\u{E000}{i}\u{E001}");
-    let marked: Vec<ChatMessage> =
-        msgs.iter().enumerate().map(|(i, m)| ChatMessage { role: m.role.clone(), content: marker(i) }).collect();
-    let rendered = render(&marked)?;
-    let mut segments: Vec<(&str, bool)> = Vec::new();
-    let mut rest = rendered.as_str();
-    loop {
-        let next = (0..msgs.len()).filter_map(|i| rest.find(&marker(i)).map(|at| (at, i))).min();
-        let Some((at, i)) = next else { break };
-        segments.push((&rest[..at], true));
-        segments.push((&msgs[i].content, false));
-        rest = &rest[at + marker(i).len()..];
-    }
-    segments.push((rest, true));
-    Ok(tok.encode_segments(&segments)?)
 }
 
 pub async fn handler(
@@ -102,35 +67,30 @@ pub async fn handler(
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let (served, adapter, permit) = admit(&state, &req.model)?;
-    let template = served
-        .template
-        .as_ref()
-        .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
-    let msgs = messages(&req)?;
-    let tok = served.engine.tokenizer().clone();
-    let as_ids = req.return_tokens_as_token_ids;
-    let ids = prompt_ids(&tok, template, &msgs)?;
+    // Everything that can be checked without the model first, so a bad request costs nothing.
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (true, None) => Some(0),
-        (true, Some(k)) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as usize),
-        (true, Some(k)) => {
-            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be in 0..=20, got {k}")))
-        }
+        (true, Some(k)) => Some(logprobs_count("top_logprobs", k)?),
         (false, Some(k)) if k > 0 => {
             return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"))
         }
         (false, _) => None,
     };
+    let sampling = req.sampling();
+    let n = requested_n(&sampling)?;
+    let msgs = messages(&req)?;
+    let (served, adapter) = state.resolve(&req.model)?;
+    let permit = state.admit(&served, Cost::one(n))?;
+    let tok = served.engine.tokenizer().clone();
+    let as_ids = req.return_tokens_as_token_ids;
+    let ids = chat_prompt(served.clone(), msgs, true, state.config.prompt_limits).await?;
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     let info = served.engine.info();
-    let params = sampling_params(&req.sampling(), max_tokens, logprobs, ids.len(), info.max_model_len)?;
-    let n = params.n;
-    let stream = generate(&served, adapter.as_deref(), ids, params)?;
+    let params = sampling_params(&sampling, max_tokens, logprobs, ids.len(), info.max_model_len)?;
+    let rx = submit(&served, adapter.as_deref(), vec![(ids, params)], state.metrics.model(&served.name), arrival)?;
     let id = new_id("chatcmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
-    let rx = forward_all(vec![stream], state.metrics.model(&served.name), arrival);
 
     if !req.stream {
         let names = TokenNames { tok: &tok, as_ids };

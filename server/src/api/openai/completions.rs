@@ -11,32 +11,49 @@ use axum::{
 use flint_engine::Tokenizer;
 use tokio::sync::mpsc;
 
-use super::{
-    admit, collect_deltas, completion_logprobs, forward_all, generate, new_id, now, sampling_params, sse_response,
-    stop_reason, usage, write_chunks, TokenNames, MAX_TOP_LOGPROBS,
-};
-use crate::api::{
-    error::ApiError,
-    types::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptField},
-    AppState, JsonBody,
+use super::{completion_logprobs, sse_response, stop_reason, usage, write_chunks, TokenNames};
+use crate::{
+    api::{
+        error::ApiError,
+        types::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptField},
+        AppState, JsonBody,
+    },
+    generation::{
+        admission::Cost,
+        collect_deltas, logprobs_count, new_id, now,
+        params::requested_n,
+        prompt::{check_count, text_prompts},
+        sampling_params, submit, PromptLimits,
+    },
 };
 
-/// The prompts as token ids (text is encoded with the model's BOS rule).
-fn prompts(tok: &Tokenizer, prompt: &PromptField) -> Result<Vec<Vec<u32>>, ApiError> {
-    let ids = |v: &[i64], field: String| -> Result<Vec<u32>, ApiError> {
-        v.iter()
-            .map(|&t| u32::try_from(t).map_err(|_| ApiError::invalid(field.clone(), format!("bad token id {t}"))))
-            .collect()
-    };
-    let out = match prompt {
-        PromptField::Text(s) => vec![tok.encode_prompt(s)?],
-        PromptField::Texts(v) => v.iter().map(|s| tok.encode_prompt(s)).collect::<Result<_, _>>()?,
-        PromptField::Tokens(v) => vec![ids(v, "prompt".into())?],
-        PromptField::TokenLists(v) => v.iter().enumerate().map(|(i, p)| ids(p, format!("prompt[{i}]"))).collect::<Result<_, _>>()?,
-    };
-    if out.is_empty() {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list"));
+/// How many prompts the field holds (before any tokenizing, for admission and the cap).
+fn prompt_count(prompt: &PromptField) -> usize {
+    match prompt {
+        PromptField::Text(_) | PromptField::Tokens(_) => 1,
+        PromptField::Texts(v) => v.len(),
+        PromptField::TokenLists(v) => v.len(),
     }
+}
+
+/// The prompts as token ids: text is encoded with the model's BOS rule on a blocking thread,
+/// token ids are checked.
+async fn prompts(tok: &Arc<Tokenizer>, prompt: PromptField, limits: PromptLimits) -> Result<Vec<Vec<u32>>, ApiError> {
+    let ids = |v: Vec<i64>, field: &dyn Fn() -> String| -> Result<Vec<u32>, ApiError> {
+        if v.is_empty() {
+            return Err(ApiError::invalid(field(), format!("`{}` is empty", field())));
+        }
+        v.into_iter().map(|t| u32::try_from(t).map_err(|_| ApiError::invalid(field(), format!("bad token id {t}")))).collect()
+    };
+    check_count(prompt_count(&prompt), &limits)?;
+    let out = match prompt {
+        PromptField::Text(s) => text_prompts(tok.clone(), vec![s], limits).await?,
+        PromptField::Texts(v) => text_prompts(tok.clone(), v, limits).await?,
+        PromptField::Tokens(v) => vec![ids(v, &|| "prompt".to_string())?],
+        PromptField::TokenLists(v) => {
+            v.into_iter().enumerate().map(|(i, p)| ids(p, &|| format!("prompt[{i}]"))).collect::<Result<_, _>>()?
+        }
+    };
     if let Some(i) = out.iter().position(Vec::is_empty) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
@@ -48,36 +65,36 @@ pub async fn handler(
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let (served, adapter, permit) = admit(&state, &req.model)?;
-    let tok = served.engine.tokenizer().clone();
-    let as_ids = req.return_tokens_as_token_ids;
-    let prompt_ids = prompts(&tok, &req.prompt)?;
-    let logprobs = match req.logprobs {
-        None => None,
-        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as usize),
-        Some(k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be in 0..=20, got {k}"))),
-    };
+    // Everything that can be checked without the model first, so a bad request costs nothing.
+    let logprobs = req.logprobs.map(|k| logprobs_count("logprobs", k)).transpose()?;
     if req.echo && logprobs.is_some() {
         return Err(ApiError::invalid("echo", "`echo` together with `logprobs` (prompt logprobs) is not supported"));
     }
-    let info = served.engine.info();
-    let mut streams = Vec::with_capacity(prompt_ids.len());
-    let mut echoes = Vec::with_capacity(prompt_ids.len());
-    let mut n = 1;
+    let limits = state.config.prompt_limits;
     let sampling = req.sampling();
+    let n = requested_n(&sampling)?;
+    let count = prompt_count(&req.prompt);
+    check_count(count, &limits)?;
+    let (served, adapter) = state.resolve(&req.model)?;
+    // Every prompt x `n` is a sequence: all of them count, before anything is tokenized.
+    let permit = state.admit(&served, Cost { prompts: count, n })?;
+    let tok = served.engine.tokenizer().clone();
+    let as_ids = req.return_tokens_as_token_ids;
+    let prompt_ids = prompts(&tok, req.prompt, limits).await?;
+    let info = served.engine.info();
+    let mut jobs = Vec::with_capacity(prompt_ids.len());
+    let mut echoes = Vec::with_capacity(prompt_ids.len());
     for ids in prompt_ids {
         let params = sampling_params(&sampling, req.max_tokens, logprobs, ids.len(), info.max_model_len)?;
-        n = params.n;
         echoes.push(if req.echo { tok.decode(&ids)? } else { String::new() });
-        // Engine requests queued so far are aborted if a later prompt is refused (streams drop).
-        // Every prompt (and so each of its `n` samples) runs on the requested adapter.
-        streams.push(generate(&served, adapter.as_deref(), ids, params)?);
+        jobs.push((ids, params));
     }
-    let num_choices = streams.len() * n;
+    let num_choices = jobs.len() * n;
+    // Every prompt (and so each of its `n` samples) runs on the requested adapter.
+    let rx = submit(&served, adapter.as_deref(), jobs, state.metrics.model(&served.name), arrival)?;
     let id = new_id("cmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
-    let rx = forward_all(streams, state.metrics.model(&served.name), arrival);
     let mut offsets = vec![0usize; num_choices];
     let mut echoed = vec![false; num_choices];
     let mut take_echo = move |choice: usize, prompt: usize| {

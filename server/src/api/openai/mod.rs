@@ -1,138 +1,27 @@
-//! OpenAI routes: request fields → engine types, and engine output → OpenAI responses
-//! (one JSON body, or SSE chunks ending in `data: [DONE]`).
+//! OpenAI routes: request JSON → the generation layer's types, and engine output → OpenAI
+//! responses (one JSON body, or SSE chunks ending in `data: [DONE]`). Admission, prompt
+//! building and submitting live in [`crate::generation`], shared with the other protocols.
 
 pub mod chat;
 pub mod completions;
 
-use std::{
-    convert::Infallible,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{convert::Infallible, time::Duration};
 
 use axum::response::{
     sse::{Event, KeepAlive, Sse},
     IntoResponse, Response,
 };
-use flint_engine::{EngineError, FinishReason, OutputStream, SamplingParams, StreamDelta, Tokenizer, Usage as EngineUsage};
-use rand::Rng;
+use flint_engine::{EngineError, StreamDelta, Tokenizer, Usage as EngineUsage};
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
     error::ApiError,
-    metrics::ModelMetrics,
-    types::{CompletionLogprobs, PromptTokensDetails, SamplingFields, TopLogprob, Usage},
-    AppState, Permit, Served,
+    types::{ChatTokenLogprob, CompletionLogprobs, PromptTokensDetails, TopLogprob, Usage},
 };
-use crate::api::types::ChatTokenLogprob;
+use crate::generation::{next_or_gone, stream::add_usage, Fwd, Submitted};
 
-/// Most alternatives per token (OpenAI's limit).
-pub const MAX_TOP_LOGPROBS: i64 = 20;
-
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// `prefix-` + 24 random hex digits, like OpenAI's ids.
-pub fn new_id(prefix: &str) -> String {
-    let n: u128 = rand::rng().random();
-    format!("{prefix}-{:024x}", n & ((1u128 << 96) - 1))
-}
-
-/// Resolves `model` (the base model: `None`; a loaded LoRA adapter: `Some(its name)`; 404
-/// otherwise) and takes an admission permit.
-pub fn admit(state: &Arc<AppState>, model: &str) -> Result<(Arc<Served>, Option<String>, Permit), ApiError> {
-    let (served, adapter) = state.resolve(model)?;
-    let permit = state.admit(&served)?;
-    Ok((served, adapter, permit))
-}
-
-/// Queues one engine request on the base model or on `adapter`. An adapter unloaded since
-/// [`admit`] is a 404 for `model`, like any unknown name.
-pub fn generate(
-    served: &Served,
-    adapter: Option<&str>,
-    prompt: Vec<u32>,
-    params: SamplingParams,
-) -> Result<OutputStream, ApiError> {
-    served.engine.generate_with(prompt, params, adapter).map_err(|e| match (e, adapter) {
-        (EngineError::UnknownAdapter(_), Some(name)) => served.not_found(name),
-        (e, _) => e.into(),
-    })
-}
-
-fn non_negative(field: &'static str, v: i64) -> Result<usize, ApiError> {
-    usize::try_from(v).map_err(|_| ApiError::invalid(field, format!("`{field}` must be >= 0, got {v}")))
-}
-
-/// The request's sampling fields as checked engine parameters. `max_tokens` defaults to what
-/// is left of the context after the prompt, as in vLLM.
-pub fn sampling_params(
-    f: &SamplingFields,
-    max_tokens: Option<i64>,
-    logprobs: Option<usize>,
-    prompt_len: usize,
-    max_model_len: usize,
-) -> Result<SamplingParams, ApiError> {
-    let max_tokens = match max_tokens {
-        Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be >= 1, got {m}"))),
-        Some(m) => m as usize,
-        None => max_model_len.saturating_sub(prompt_len).max(1),
-    };
-    let mut p = SamplingParams::new(max_tokens)?.with_temperature(f.temperature.unwrap_or(1.0))?;
-    if let Some(v) = f.top_p {
-        p = p.with_top_p(v)?;
-    }
-    if let Some(n) = f.n {
-        p = p.with_n(non_negative("n", n)?)?;
-    }
-    if let Some(k) = f.top_k {
-        // vLLM: -1 (or 0) means no top-k.
-        p = p.with_top_k(if k <= 0 { None } else { Some(k as usize) })?;
-    }
-    if let Some(v) = f.min_p {
-        p = p.with_min_p(v)?;
-    }
-    if let Some(v) = f.repetition_penalty {
-        p = p.with_repetition_penalty(v)?;
-    }
-    if let Some(v) = f.presence_penalty {
-        p = p.with_presence_penalty(v)?;
-    }
-    if let Some(v) = f.frequency_penalty {
-        p = p.with_frequency_penalty(v)?;
-    }
-    if let Some(bias) = &f.logit_bias {
-        let mut list = Vec::with_capacity(bias.len());
-        for (k, &v) in bias {
-            let id: u32 = k
-                .parse()
-                .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys are token ids, got `{k}`")))?;
-            list.push((id, v));
-        }
-        list.sort_by_key(|&(id, _)| id);
-        p = p.with_logit_bias(list)?;
-    }
-    if let Some(m) = f.min_tokens {
-        p = p.with_min_tokens(non_negative("min_tokens", m)?)?;
-    }
-    if let Some(ids) = &f.stop_token_ids {
-        let ids = ids
-            .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| ApiError::invalid("stop_token_ids", format!("bad token id {i}"))))
-            .collect::<Result<_, _>>()?;
-        p = p.with_stop_token_ids(ids);
-    }
-    if let Some(stop) = &f.stop {
-        p = p.with_stop(stop.clone().into_vec())?;
-    }
-    if let Some(seed) = f.seed {
-        p = p.with_seed(Some(seed as u64));
-    }
-    p = p.with_ignore_eos(f.ignore_eos.unwrap_or(false)).with_logprobs(logprobs)?;
-    Ok(p)
-}
+pub use crate::generation::{new_id, now};
 
 /// OpenAI's usage block from the engine's counts.
 pub fn usage(u: EngineUsage) -> Usage {
@@ -142,12 +31,6 @@ pub fn usage(u: EngineUsage) -> Usage {
         total_tokens: u.prompt_tokens + u.completion_tokens,
         prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: u.cached_tokens }),
     }
-}
-
-pub fn add_usage(a: &mut EngineUsage, b: EngineUsage) {
-    a.prompt_tokens += b.prompt_tokens;
-    a.cached_tokens += b.cached_tokens;
-    a.completion_tokens += b.completion_tokens;
 }
 
 /// vLLM's `stop_reason`: the matched stop string or token id.
@@ -220,133 +103,17 @@ pub fn completion_logprobs(names: &TokenNames, d: &StreamDelta, offset: &mut usi
     out
 }
 
-/// What a forwarding task tells the response writer.
-pub enum Fwd {
-    Delta { prompt: usize, delta: StreamDelta },
-    Done { usage: EngineUsage },
-    Failed(EngineError),
-}
-
-/// Runs several engine requests (one per prompt) and merges their output into one channel.
-/// When the receiver is dropped (client gone), the forwarders drop their streams, which aborts
-/// the requests and frees their KV blocks.
-///
-/// Every request passes here, so this is where `/metrics` observes them (see [`RequestClock`]),
-/// with `arrival` the time the HTTP request came in.
-pub fn forward_all(streams: Vec<OutputStream>, metrics: Arc<ModelMetrics>, arrival: Instant) -> mpsc::Receiver<Fwd> {
-    let (tx, rx) = mpsc::channel(64);
-    for (prompt, mut s) in streams.into_iter().enumerate() {
-        let tx = tx.clone();
-        let mut clock = RequestClock::new(metrics.clone(), arrival);
-        tokio::spawn(async move {
-            loop {
-                // A closed channel (client gone) ends the task at once, even while the request
-                // is still queued and produces nothing: dropping `s` aborts it in the engine.
-                let item = tokio::select! {
-                    item = s.next() => item,
-                    _ = tx.closed() => return,
-                };
-                let Some(item) = item else { break };
-                let msg = match item {
-                    Ok(delta) => {
-                        clock.delta(&delta);
-                        Fwd::Delta { prompt, delta }
-                    }
-                    Err(e) => Fwd::Failed(e),
-                };
-                let failed = matches!(msg, Fwd::Failed(_));
-                if tx.send(msg).await.is_err() || failed {
-                    return;
-                }
-            }
-            // Only a request that ran to its end counts (not one whose client left or failed).
-            let usage = s.usage();
-            clock.done(&usage);
-            let _ = tx.send(Fwd::Done { usage }).await;
-        });
-    }
-    rx
-}
-
-/// The latencies of one engine request, observed as its deltas pass:
-/// - time to first token: arrival → the first delta carrying text or tokens;
-/// - inter-token latency, per token: a delta of `k` tokens arriving `g` after the previous delta
-///   of the same sample observes `g / k`, `k` times (so the sum is the decode time and the
-///   count the tokens after each sample's first delta);
-/// - end to end: arrival → the end of the stream, with the prompt tokens and the last finish
-///   reason counted as one successful request.
-struct RequestClock {
-    metrics: Arc<ModelMetrics>,
-    arrival: Instant,
-    first_seen: bool,
-    /// Per sample: when its last delta with tokens arrived.
-    last: Vec<Option<Instant>>,
-    finish: Option<FinishReason>,
-}
-
-impl RequestClock {
-    fn new(metrics: Arc<ModelMetrics>, arrival: Instant) -> Self {
-        Self { metrics, arrival, first_seen: false, last: Vec::new(), finish: None }
-    }
-
-    fn delta(&mut self, d: &StreamDelta) {
-        if let Some(f) = &d.finish {
-            self.finish = Some(f.reason);
-        }
-        let k = d.token_ids.len();
-        if k == 0 && d.text.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        if !std::mem::replace(&mut self.first_seen, true) {
-            self.metrics.ttft.observe(now.duration_since(self.arrival).as_secs_f64());
-        }
-        if k == 0 {
-            return;
-        }
-        if self.last.len() <= d.index {
-            self.last.resize(d.index + 1, None);
-        }
-        if let Some(prev) = self.last[d.index].replace(now) {
-            self.metrics.itl.observe_n(now.duration_since(prev).as_secs_f64() / k as f64, k as u64);
-        }
-    }
-
-    fn done(&self, usage: &EngineUsage) {
-        // Every sample ends with a finish reason; `length` if none was seen (no output at all).
-        let reason = self.finish.unwrap_or(FinishReason::Length);
-        self.metrics.finished(usage.prompt_tokens, reason, self.arrival.elapsed());
-    }
-}
-
-/// Drains a non-streamed response: every delta goes to `on_delta(prompt, delta)`; returns the
-/// usage summed over the prompts, or the engine's error.
-pub async fn collect_deltas(
-    mut rx: mpsc::Receiver<Fwd>,
-    mut on_delta: impl FnMut(usize, StreamDelta),
-) -> Result<EngineUsage, ApiError> {
-    let mut total = EngineUsage::default();
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Fwd::Delta { prompt, delta } => on_delta(prompt, delta),
-            Fwd::Done { usage } => add_usage(&mut total, usage),
-            Fwd::Failed(e) => return Err(e.into()),
-        }
-    }
-    Ok(total)
-}
-
 /// Writes a streamed response: one chunk per delta (`chunk_for(prompt, delta)`), then the usage
 /// chunk when the client asked for one, then `[DONE]`. An engine error becomes an error chunk
 /// before `[DONE]`. Returns at once when the client is gone (dropping `rx` aborts the requests).
 pub async fn write_chunks<U: FnOnce(Usage) -> String>(
-    mut rx: mpsc::Receiver<Fwd>,
+    mut rx: Submitted,
     tx: &mpsc::Sender<String>,
     mut chunk_for: impl FnMut(usize, StreamDelta) -> String,
     usage_chunk: Option<U>,
 ) {
     let mut total = EngineUsage::default();
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = next_or_gone(&mut rx, tx).await {
         let data = match msg {
             Fwd::Delta { prompt, delta } => chunk_for(prompt, delta),
             Fwd::Done { usage } => {
