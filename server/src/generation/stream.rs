@@ -38,6 +38,9 @@ pub fn submit(
     metrics: Arc<ModelMetrics>,
     arrival: Instant,
 ) -> Result<Submitted> {
+    for (prompt, params) in &jobs {
+        served.engine.check(prompt.len(), params)?;
+    }
     let mut streams = Vec::with_capacity(jobs.len());
     for (prompt, params) in jobs {
         let stream = served.engine.generate_with(prompt, params, adapter).map_err(|e| match (e, adapter) {
