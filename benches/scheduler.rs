@@ -61,8 +61,8 @@ fn scheduler(c: &mut Criterion) {
                     prompt,
                     max_tokens: 16,
                     min_tokens: 0,
-                    eos_ids: vec![],
-                    stop_token_ids: vec![],
+                    eos_ids: Vec::new().into(),
+                    stop_token_ids: Vec::new().into(),
                     adapter: None,
                     after: None,
                 };

@@ -109,8 +109,8 @@ async fn adjusted_greedy_and_logprob_rows_match_the_host_sampler() {
             let ids = |t: &flint_engine::TokenLogprob| t.top.iter().map(|&(id, _)| id).collect::<Vec<_>>();
             assert_eq!(ids(a), ids(b), "{a:?} vs {b:?}");
         }
-        if sp.min_tokens > 0 && !eos.is_empty() {
-            let early = d.token_ids.iter().take(sp.min_tokens).filter(|t| eos.contains(t)).count();
+        if sp.min_tokens() > 0 && !eos.is_empty() {
+            let early = d.token_ids.iter().take(sp.min_tokens()).filter(|t| eos.contains(t)).count();
             assert_eq!(early, 0, "min_tokens banned EOS: {:?}", d.token_ids);
         }
     }

@@ -207,7 +207,7 @@ async fn stop_strings_cut_the_text_and_end_the_sample() {
     // A stop token id ends the sample without appearing in it.
     let stop_id = full.token_ids[7];
     let first = full.token_ids.iter().position(|&t| t == stop_id).unwrap();
-    let out = run_one(&h, prompt, params.with_stop_token_ids(vec![stop_id])).await;
+    let out = run_one(&h, prompt, params.with_stop_token_ids(vec![stop_id]).unwrap()).await;
     assert_eq!(out.token_ids, full.token_ids[..first]);
     assert_eq!(out.finish.stop, Some(StopReason::TokenId(stop_id)));
     assert_drained(&h).await;
@@ -237,7 +237,7 @@ async fn impossible_requests_are_refused_before_queueing() {
     assert!(err(vec![], greedy(1)).contains("empty"));
     assert!(err(vec![300], greedy(1)).contains("300"));
     assert!(err(vec![5; 10], greedy(250)).contains("context length (256)"));
-    assert!(err(vec![5], greedy(1).with_stop_token_ids(vec![999])).contains("stop_token_ids"));
+    assert!(err(vec![5], greedy(1).with_stop_token_ids(vec![999]).unwrap()).contains("stop_token_ids"));
     assert_drained(&h).await;
     // Load failures come back from start, naming the file.
     let empty = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! channel.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -59,7 +60,7 @@ pub(crate) struct EngineCore {
     scheduler: Scheduler,
     runner: ModelRunner,
     adapters: AdapterSlots,
-    eos_ids: Vec<u32>,
+    eos_ids: Arc<[u32]>,
     active: HashMap<SeqId, Active>,
     requests: HashMap<RequestId, Vec<SeqId>>,
     next_seq: u64,
@@ -80,6 +81,7 @@ pub(crate) struct CoreOptions {
 
 impl EngineCore {
     pub fn new(scheduler: Scheduler, runner: ModelRunner, eos_ids: Vec<u32>, opts: CoreOptions) -> Self {
+        let eos_ids: Arc<[u32]> = eos_ids.into();
         let adapters = AdapterSlots::new(runner.model().lora_slots());
         Self {
             scheduler,
@@ -193,18 +195,22 @@ impl EngineCore {
                 return;
             }
         };
-        let eos = if s.params.ignore_eos { Vec::new() } else { self.eos_ids.clone() };
-        let mut seqs = Vec::with_capacity(s.params.n);
-        for index in 0..s.params.n {
+        // Shared by every sample: n copies of nothing but the token vectors that grow.
+        let eos: Arc<[u32]> = if s.params.ignore_eos() { Arc::new([]) } else { self.eos_ids.clone() };
+        let prompt: Arc<[u32]> = s.prompt.into();
+        let stop_token_ids = s.params.shared_stop_token_ids();
+        let n = s.params.n();
+        let mut seqs = Vec::with_capacity(n);
+        for index in 0..n {
             let id = SeqId(self.next_seq);
             self.next_seq += 1;
             let spec = NewSeq {
                 id,
-                prompt: s.prompt.clone(),
-                max_tokens: s.params.max_tokens,
-                min_tokens: s.params.min_tokens,
+                prompt: prompt.clone(),
+                max_tokens: s.params.max_tokens(),
+                min_tokens: s.params.min_tokens(),
                 eos_ids: eos.clone(),
-                stop_token_ids: s.params.stop_token_ids.clone(),
+                stop_token_ids: stop_token_ids.clone(),
                 adapter: s.adapter,
                 after: seqs.first().copied(),
             };
@@ -350,7 +356,7 @@ impl EngineCore {
                 };
                 let ctx = SampleContext { prompt, output, eos_ids: &self.eos_ids };
                 let tok = active.sampler.sample(host.row_mut(i), &ctx);
-                let wants_logprobs = active.sampler.params().logprobs.is_some();
+                let wants_logprobs = active.sampler.params().logprobs().is_some();
                 let lp = wants_logprobs.then_some(TokenLogprob { token: tok.id, logprob: tok.logprob, top: tok.top_logprobs });
                 sampled.push((row, seq, tok.id, lp));
             }

@@ -189,9 +189,9 @@ impl Runner {
         // The cache is sized for this one sequence, so only the context limits it.
         let limits =
             AdmitLimits { max_model_len: self.max_context(), block_size: self.opts.block_size, usable_blocks: usize::MAX };
-        check_admission(limits, prompt.len(), params.max_tokens)?;
+        check_admission(limits, prompt.len(), params.max_tokens())?;
         let (bs, chunk) = (self.opts.block_size, self.opts.prefill_chunk);
-        let total = prompt.len() + params.max_tokens;
+        let total = prompt.len() + params.max_tokens();
         // One sequence owns the whole cache, so its block table is simply 0..n.
         let table: Vec<u32> = (0..total.div_ceil(bs) as u32).collect();
         let device = self.device.clone();
@@ -220,13 +220,13 @@ impl Runner {
             let ctx = SampleContext { prompt, output: &ids, eos_ids: &self.eos };
             let next = sampler.sample(&mut row, &ctx).id;
             prefill_secs.get_or_insert_with(|| start.elapsed().as_secs_f64());
-            if !params.ignore_eos && self.eos.contains(&next) {
+            if !params.ignore_eos() && self.eos.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
             ids.push(next);
             on_token(next)?;
-            if ids.len() == params.max_tokens {
+            if ids.len() == params.max_tokens() {
                 break;
             }
             let pos = prompt.len() + ids.len() - 1;

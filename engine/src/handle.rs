@@ -245,8 +245,8 @@ impl EngineHandle {
             self.inner.cmd.clone(),
             self.inner.sup.clone(),
             self.inner.tokenizer.clone(),
-            params.n,
-            &params.stop,
+            params.n(),
+            params.stop().clone(),
             prompt.len(),
         );
         let sub = Submission { id, prompt, params, adapter, events: tx };
@@ -263,7 +263,7 @@ impl EngineHandle {
             return Err(e);
         }
         params.check_vocab(self.inner.info.model.vocab_size)?;
-        check_admission(self.inner.info.admit_limits(), prompt_len, params.max_tokens)?;
+        check_admission(self.inner.info.admit_limits(), prompt_len, params.max_tokens())?;
         Ok(())
     }
 

@@ -93,10 +93,10 @@ impl OutputStream {
         sup: Arc<Supervision>,
         tokenizer: Arc<Tokenizer>,
         n: usize,
-        stops: &[String],
+        stops: Arc<[String]>,
         prompt_tokens: usize,
     ) -> Self {
-        let samples = (0..n).map(|_| SampleState { stop: StopMatcher::new(stops), ..Default::default() }).collect();
+        let samples = (0..n).map(|_| SampleState { stop: StopMatcher::new(stops.clone()), ..Default::default() }).collect();
         let usage = Usage { prompt_tokens, ..Default::default() };
         Self { id, rx, cmd, sup, tokenizer, samples, ready: VecDeque::new(), usage, failed: false }
     }

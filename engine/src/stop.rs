@@ -10,17 +10,22 @@ pub struct Released {
     pub stop: Option<String>,
 }
 
+use std::sync::Arc;
+
 /// Stop-string state of one sample.
 #[derive(Debug, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// The request's stop strings, shared by its samples; empty ones never match.
+    stops: Arc<[String]>,
     /// Text received but not released: a suffix that is a prefix of some stop string.
     held: String,
+    /// Scratch: the KMP failure table of one stop string.
+    fail: Vec<usize>,
 }
 
 impl StopMatcher {
-    pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
+    pub fn new(stops: Arc<[String]>) -> Self {
+        Self { stops, held: String::new(), fail: Vec::new() }
     }
 
     /// Bytes of text currently held back.
@@ -39,6 +44,7 @@ impl StopMatcher {
         let found = self
             .stops
             .iter()
+            .filter(|s| !s.is_empty())
             .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, std::cmp::Reverse(s.len()), s)))
             .min();
         if let Some((at, _, s)) = found {
@@ -58,18 +64,41 @@ impl StopMatcher {
         std::mem::take(&mut self.held)
     }
 
-    /// Length of the longest suffix of `held` that is a proper prefix of a stop string.
-    fn partial_suffix_len(&self) -> usize {
+    /// Length of the longest suffix of `held` that is a proper prefix of a stop string:
+    /// Knuth–Morris–Pratt over the last `len - 1` bytes, so a token costs O(Σ stop lengths)
+    /// whatever the text. Such a suffix always starts on a char boundary: its first byte
+    /// equals a stop string's first byte, which is never a UTF-8 continuation byte.
+    fn partial_suffix_len(&mut self) -> usize {
+        let held = self.held.as_bytes();
         let mut best = 0;
-        for s in &self.stops {
-            let max = (s.len() - 1).min(self.held.len());
-            for k in (best + 1..=max).rev() {
-                let start = self.held.len() - k;
-                if self.held.is_char_boundary(start) && s.as_bytes().starts_with(&self.held.as_bytes()[start..]) {
-                    best = k;
-                    break;
+        for stop in self.stops.iter().filter(|s| s.len() > 1) {
+            let pat = stop.as_bytes();
+            let fail = &mut self.fail;
+            fail.clear();
+            fail.push(0);
+            let mut k = 0;
+            for &c in &pat[1..] {
+                while k > 0 && pat[k] != c {
+                    k = fail[k - 1];
+                }
+                if pat[k] == c {
+                    k += 1;
+                }
+                fail.push(k);
+            }
+            let mut k = 0;
+            for &c in &held[held.len().saturating_sub(pat.len() - 1)..] {
+                while k > 0 && pat[k] != c {
+                    k = fail[k - 1];
+                }
+                if pat[k] == c {
+                    k += 1;
+                }
+                if k == pat.len() {
+                    k = fail[k - 1]; // a whole match; `push` has already ruled them out
                 }
             }
+            best = best.max(k);
         }
         best
     }
@@ -81,7 +110,7 @@ mod tests {
 
     fn feed(stops: &[&str], pieces: &[&str]) -> (String, Option<String>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut m = StopMatcher::new(&stops);
+        let mut m = StopMatcher::new(stops.into());
         let mut out = String::new();
         for p in pieces {
             let r = m.push(p);
@@ -102,7 +131,7 @@ mod tests {
 
     #[test]
     fn only_a_possible_start_of_a_stop_string_is_held_back() {
-        let mut m = StopMatcher::new(&["STOP".to_string()]);
+        let mut m = StopMatcher::new(Arc::from(vec!["STOP".to_string()]));
         assert_eq!(m.push("abcST").text, "abc");
         assert_eq!(m.held_len(), 2);
         assert_eq!(m.push("x").text, "STx");
@@ -123,5 +152,38 @@ mod tests {
     fn multi_byte_text_is_split_on_char_boundaries() {
         assert_eq!(feed(&["é!"], &["café", "!"]), ("caf".into(), Some("é!".into())));
         assert_eq!(feed(&["日本"], &["こんにちは日", "は"]), ("こんにちは日は".into(), None));
+    }
+
+    #[test]
+    fn the_held_suffix_is_the_longest_possible_start_of_a_stop() {
+        // Against the obvious quadratic search, on pseudo-random text over a tiny alphabet
+        // (so overlaps are frequent), multi-byte chars included.
+        let alphabet = ["a", "b", "é"];
+        let mut x = 7u32;
+        let mut pick = |n: usize| {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                    alphabet[(x >> 16) as usize % alphabet.len()]
+                })
+                .collect::<String>()
+        };
+        for _ in 0..300 {
+            let stops: Vec<String> = (0..2).map(|_| pick(5)).collect();
+            let mut m = StopMatcher::new(stops.clone().into());
+            for _ in 0..6 {
+                let piece = pick(2);
+                if m.push(&piece).stop.is_some() {
+                    break;
+                }
+                let held = m.held.clone();
+                let brute = (1..=held.len())
+                    .filter(|&k| held.is_char_boundary(held.len() - k))
+                    .filter(|&k| stops.iter().any(|s| s.len() > k && s.as_bytes().starts_with(&held.as_bytes()[held.len() - k..])))
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(held.len(), brute, "stops {stops:?}, held {held:?}");
+            }
+        }
     }
 }

@@ -73,7 +73,7 @@ impl Sampler {
             adjust[i].bias += bias;
         }
         if ctx.output.len() < p.min_tokens {
-            for &id in ctx.eos_ids.iter().chain(&p.stop_token_ids).filter(|id| in_vocab(id)) {
+            for &id in ctx.eos_ids.iter().chain(p.stop_token_ids.iter()).filter(|id| in_vocab(id)) {
                 let i = entry(adjust, id);
                 adjust[i].add = f32::NEG_INFINITY;
             }

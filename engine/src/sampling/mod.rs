@@ -20,7 +20,10 @@ mod tests;
 
 use std::{cmp::Ordering, collections::BinaryHeap};
 
-pub use params::{SamplingParams, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_N, MAX_OPENAI_PENALTY, MAX_STOP};
+pub use params::{
+    SamplingParams, MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_LOGPROBS, MAX_N, MAX_OPENAI_PENALTY, MAX_STOP,
+    MAX_STOP_BYTES, MAX_STOP_TOKEN_IDS,
+};
 pub use device::SamplingDevice;
 pub use sampler::{SampleContext, SampledToken, Sampler};
 

@@ -1,5 +1,9 @@
 //! [`SamplingParams`]: every knob of the sampler, range-checked once by the `with_*` setters so
-//! the sampler itself never has to validate (or fail) per token.
+//! the sampler itself never has to validate (or fail) per token. Every list a request can
+//! send has a documented cap, and the lists are shared (`Arc`), not copied, by the `n` samples
+//! of a request and every clone.
+
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 
@@ -9,50 +13,57 @@ pub const MAX_N: usize = 128;
 pub const MAX_LOGPROBS: usize = 20;
 /// Most stop strings per request (`stop`).
 pub const MAX_STOP: usize = 16;
+/// Longest stop string, in bytes: the stop matcher holds back up to this much text per
+/// sample, and its work per token grows with it.
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most `stop_token_ids` per request.
+pub const MAX_STOP_TOKEN_IDS: usize = 1024;
+/// Most `logit_bias` entries per request, as OpenAI.
+pub const MAX_LOGIT_BIAS_ENTRIES: usize = 300;
 /// Largest absolute value of one `logit_bias` entry, as OpenAI.
 pub const MAX_LOGIT_BIAS: f32 = 100.0;
 /// Largest absolute value of `presence_penalty` / `frequency_penalty`, as OpenAI.
 pub const MAX_OPENAI_PENALTY: f32 = 2.0;
 
 /// How to pick tokens. Build with [`SamplingParams::new`] (greedy, nothing else enabled) and the
-/// `with_*` setters, which reject out-of-range values naming the OpenAI field; a value of this
-/// type is therefore always valid (token ids against a vocabulary excepted: see
-/// [`SamplingParams::check_vocab`]).
+/// `with_*` setters, which reject out-of-range values naming the OpenAI field; the fields are
+/// private, so a value of this type is always valid (token ids against a vocabulary excepted:
+/// see [`SamplingParams::check_vocab`]). Read them with the getters of the same names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// Number of parallel samples of the same prompt (1..=128).
-    pub n: usize,
+    pub(super) n: usize,
     /// Maximum number of tokens to generate (>= 1, >= `min_tokens`).
-    pub max_tokens: usize,
+    pub(super) max_tokens: usize,
     /// End-of-sequence and stop tokens are banned until this many tokens were generated.
-    pub min_tokens: usize,
+    pub(super) min_tokens: usize,
     /// Softmax temperature; 0 means greedy (argmax).
-    pub temperature: f32,
+    pub(super) temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
-    pub top_p: f32,
+    pub(super) top_p: f32,
     /// Keep only the `top_k` most likely tokens; `None` keeps all.
-    pub top_k: Option<usize>,
+    pub(super) top_k: Option<usize>,
     /// Drop tokens less likely than `min_p` times the most likely one; 0 is off.
-    pub min_p: f32,
+    pub(super) min_p: f32,
     /// Hugging Face repetition penalty over prompt and output tokens; 1 is off.
-    pub repetition_penalty: f32,
+    pub(super) repetition_penalty: f32,
     /// OpenAI presence penalty over output tokens (subtracted once per seen token).
-    pub presence_penalty: f32,
+    pub(super) presence_penalty: f32,
     /// OpenAI frequency penalty over output tokens (subtracted once per occurrence).
-    pub frequency_penalty: f32,
+    pub(super) frequency_penalty: f32,
     /// Added to the raw logit of each listed token id (unique ids).
-    pub logit_bias: Vec<(u32, f32)>,
+    pub(super) logit_bias: Arc<[(u32, f32)]>,
     /// Token ids that end generation (besides the model's end-of-sequence tokens).
-    pub stop_token_ids: Vec<u32>,
+    pub(super) stop_token_ids: Arc<[u32]>,
     /// Strings that end generation; the engine matches them on the detokenized text.
-    pub stop: Vec<String>,
+    pub(super) stop: Arc<[String]>,
     /// Return the chosen token's log-probability and this many top alternatives; `None` skips
     /// the log-softmax entirely.
-    pub logprobs: Option<usize>,
+    pub(super) logprobs: Option<usize>,
     /// Seed of this request's random generator; `None` draws one.
-    pub seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     /// Keep generating past end-of-sequence tokens (benchmarks).
-    pub ignore_eos: bool,
+    pub(super) ignore_eos: bool,
 }
 
 /// The error of a setter: the OpenAI field name and a reason giving the allowed range and the
@@ -87,9 +98,9 @@ impl SamplingParams {
             repetition_penalty: 1.0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
-            logit_bias: Vec::new(),
-            stop_token_ids: Vec::new(),
-            stop: Vec::new(),
+            logit_bias: Arc::new([]),
+            stop_token_ids: Arc::new([]),
+            stop: Arc::new([]),
             logprobs: None,
             seed: None,
             ignore_eos: false,
@@ -180,10 +191,13 @@ impl SamplingParams {
         Ok(self)
     }
 
-    /// Per-token additive biases, each in [-100, 100]. Ids must be unique: OpenAI's field is a
-    /// JSON object, so a repeated id can only be a caller bug (and two entries would silently
-    /// add up past the range).
+    /// Per-token additive biases: at most [`MAX_LOGIT_BIAS_ENTRIES`], each in [-100, 100]. Ids
+    /// must be unique: OpenAI's field is a JSON object, so a repeated id can only be a caller
+    /// bug (and two entries would silently add up past the range).
     pub fn with_logit_bias(mut self, bias: Vec<(u32, f32)>) -> Result<Self> {
+        if bias.len() > MAX_LOGIT_BIAS_ENTRIES {
+            return Err(invalid("logit_bias", format!("at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {}", bias.len())));
+        }
         if let Some(&(id, b)) = bias.iter().find(|(_, b)| !(b.is_finite() && b.abs() <= MAX_LOGIT_BIAS)) {
             let reason = format!("bias of token {id} must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], got {b}");
             return Err(invalid("logit_bias", reason));
@@ -193,17 +207,22 @@ impl SamplingParams {
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(invalid("logit_bias", format!("token {} is listed more than once", w[0])));
         }
-        self.logit_bias = bias;
+        self.logit_bias = bias.into();
         Ok(self)
     }
 
-    /// Token ids that end generation; checked against the vocabulary by [`Self::check_vocab`].
-    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {
-        self.stop_token_ids = ids;
-        self
+    /// Token ids that end generation, at most [`MAX_STOP_TOKEN_IDS`]; checked against the
+    /// vocabulary by [`Self::check_vocab`].
+    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Result<Self> {
+        if ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(invalid("stop_token_ids", format!("at most {MAX_STOP_TOKEN_IDS} ids, got {}", ids.len())));
+        }
+        self.stop_token_ids = ids.into();
+        Ok(self)
     }
 
-    /// Stop strings: at most 16, none empty (an empty string would match everywhere).
+    /// Stop strings: at most [`MAX_STOP`], each non-empty (an empty string would match
+    /// everywhere) and at most [`MAX_STOP_BYTES`] long.
     pub fn with_stop(mut self, stop: Vec<String>) -> Result<Self> {
         if stop.len() > MAX_STOP {
             return Err(invalid("stop", format!("at most {MAX_STOP} strings, got {}", stop.len())));
@@ -211,7 +230,11 @@ impl SamplingParams {
         if let Some(i) = stop.iter().position(String::is_empty) {
             return Err(invalid("stop", format!("strings must be non-empty, entry {i} is empty")));
         }
-        self.stop = stop;
+        if let Some(i) = stop.iter().position(|s| s.len() > MAX_STOP_BYTES) {
+            let len = stop[i].len();
+            return Err(invalid("stop", format!("strings must be at most {MAX_STOP_BYTES} bytes, entry {i} has {len}")));
+        }
+        self.stop = stop.into();
         Ok(self)
     }
 
@@ -233,6 +256,77 @@ impl SamplingParams {
     pub fn with_ignore_eos(mut self, ignore: bool) -> Self {
         self.ignore_eos = ignore;
         self
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn min_tokens(&self) -> usize {
+        self.min_tokens
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    pub fn top_p(&self) -> f32 {
+        self.top_p
+    }
+
+    pub fn top_k(&self) -> Option<usize> {
+        self.top_k
+    }
+
+    pub fn min_p(&self) -> f32 {
+        self.min_p
+    }
+
+    pub fn repetition_penalty(&self) -> f32 {
+        self.repetition_penalty
+    }
+
+    pub fn presence_penalty(&self) -> f32 {
+        self.presence_penalty
+    }
+
+    pub fn frequency_penalty(&self) -> f32 {
+        self.frequency_penalty
+    }
+
+    /// `(token id, bias)`, ids unique.
+    pub fn logit_bias(&self) -> &[(u32, f32)] {
+        &self.logit_bias
+    }
+
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
+    }
+
+    /// The stop strings, shared by every sample and clone of these parameters.
+    pub fn stop(&self) -> &Arc<[String]> {
+        &self.stop
+    }
+
+    pub fn logprobs(&self) -> Option<usize> {
+        self.logprobs
+    }
+
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    pub fn ignore_eos(&self) -> bool {
+        self.ignore_eos
+    }
+
+    /// The stop token ids, shared (the scheduler keeps them per sample without a copy).
+    pub(crate) fn shared_stop_token_ids(&self) -> Arc<[u32]> {
+        self.stop_token_ids.clone()
     }
 
     /// Temperature 0: the sampler takes the argmax (after penalties, bias and masking).

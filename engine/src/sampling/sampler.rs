@@ -151,14 +151,14 @@ impl Sampler {
     fn process(&mut self, logits: &mut [f32], ctx: &SampleContext<'_>) {
         let p = &self.params;
         let n = logits.len();
-        for &(id, bias) in &p.logit_bias {
+        for &(id, bias) in p.logit_bias.iter() {
             if let Some(x) = logits.get_mut(id as usize) {
                 *x += bias;
             }
         }
         // Regardless of `ignore_eos`: `min_tokens` is an explicit request for that many tokens.
         if ctx.output.len() < p.min_tokens {
-            for &id in ctx.eos_ids.iter().chain(&p.stop_token_ids) {
+            for &id in ctx.eos_ids.iter().chain(p.stop_token_ids.iter()) {
                 if let Some(x) = logits.get_mut(id as usize) {
                     *x = f32::NEG_INFINITY;
                 }

@@ -37,6 +37,22 @@ fn ln(probs: &[f32]) -> Vec<f32> {
 }
 
 #[test]
+fn the_lists_are_capped_and_shared_by_clones_not_copied() {
+    let p = greedy()
+        .with_stop(vec!["y".repeat(MAX_STOP_BYTES); MAX_STOP])
+        .and_then(|p| p.with_stop_token_ids(vec![1; MAX_STOP_TOKEN_IDS]))
+        .and_then(|p| p.with_logit_bias((0..MAX_LOGIT_BIAS_ENTRIES as u32).map(|i| (i, 1.0)).collect()))
+        .and_then(|p| p.with_n(MAX_N))
+        .expect("at the caps is fine");
+    let q = p.clone();
+    assert!(std::sync::Arc::ptr_eq(p.stop(), q.stop()));
+    assert!(std::ptr::eq(p.stop_token_ids(), q.stop_token_ids()));
+    assert!(std::ptr::eq(p.logit_bias(), q.logit_bias()));
+    let (a, b) = (Sampler::for_sample(p.clone(), 0), Sampler::for_sample(p.clone(), 1));
+    assert!(std::ptr::eq(a.params().logit_bias(), b.params().logit_bias()), "samples share them too");
+}
+
+#[test]
 fn out_of_range_parameters_name_the_field() {
     let p = greedy();
     assert_eq!(rejected(SamplingParams::new(0)).0, "max_tokens");
@@ -66,15 +82,18 @@ fn out_of_range_parameters_name_the_field() {
         (rejected(p.clone().with_logit_bias(vec![(3, 1.0), (3, 2.0)])), "logit_bias", "3"),
         (rejected(p.clone().with_stop(vec!["a".into(), String::new()])), "stop", "1"),
         (rejected(p.clone().with_stop(vec!["x".into(); 17])), "stop", "17"),
+        (rejected(p.clone().with_stop(vec!["a".into(), "y".repeat(MAX_STOP_BYTES + 1)])), "stop", "1025"),
+        (rejected(p.clone().with_stop_token_ids(vec![1; MAX_STOP_TOKEN_IDS + 1])), "stop_token_ids", "1025"),
+        (rejected(p.clone().with_logit_bias((0..301).map(|i| (i, 1.0)).collect())), "logit_bias", "301"),
     ];
     for ((field, reason), want, value) in cases {
         assert_eq!(field, want, "{reason}");
         assert!(reason.contains(value), "{field}: {reason:?} should mention {value}");
     }
-    let vocab = p.clone().with_logit_bias(vec![(1, -100.0), (9, 100.0)]).unwrap().with_stop_token_ids(vec![2]);
+    let vocab = p.clone().with_logit_bias(vec![(1, -100.0), (9, 100.0)]).unwrap().with_stop_token_ids(vec![2]).unwrap();
     assert!(vocab.check_vocab(10).is_ok());
     assert_eq!(rejected(vocab.check_vocab(9)).0, "logit_bias");
-    let stop = p.with_stop_token_ids(vec![0, 10]);
+    let stop = p.with_stop_token_ids(vec![0, 10]).unwrap();
     let (field, reason) = rejected(stop.check_vocab(10));
     assert_eq!((field, reason.contains("10")), ("stop_token_ids", true));
 }
@@ -244,7 +263,7 @@ fn min_tokens_masks_eos_and_stop_tokens_until_reached() {
     assert_eq!(at(&p, &[]), 1);
     assert_eq!(at(&p, &[2]), 1);
     assert_eq!(at(&p, &[2, 2]), 0);
-    let stop = p.with_stop_token_ids(vec![1]);
+    let stop = p.with_stop_token_ids(vec![1]).unwrap();
     assert_eq!(at(&stop, &[2]), 2);
     assert_eq!(at(&stop, &[2, 2]), 0);
     // Sampled too: eos never drawn before min_tokens.

@@ -1,5 +1,7 @@
 //! What the scheduler knows about a sequence: its tokens, its progress and when it must stop.
 
+use std::sync::Arc;
+
 use crate::ids::{AdapterId, SeqId};
 
 /// Why a sequence ended.
@@ -47,13 +49,15 @@ impl Finish {
 #[derive(Clone, Debug)]
 pub struct NewSeq {
     pub id: SeqId,
-    pub prompt: Vec<u32>,
+    /// Shared by the request's samples (each sequence copies it once into its tokens).
+    pub prompt: Arc<[u32]>,
     pub max_tokens: usize,
     /// End-of-sequence tokens are ignored until this many tokens were generated.
     pub min_tokens: usize,
     /// The model's end-of-sequence ids; empty with `ignore_eos`.
-    pub eos_ids: Vec<u32>,
-    pub stop_token_ids: Vec<u32>,
+    pub eos_ids: Arc<[u32]>,
+    /// The request's, shared by its samples.
+    pub stop_token_ids: Arc<[u32]>,
     pub adapter: Option<AdapterId>,
     /// Parallel samples: wait until this sequence has computed its prompt, so its full prompt
     /// blocks are in the prefix cache and shared instead of computed again.
@@ -75,7 +79,7 @@ pub(crate) struct Seq {
 
 impl Seq {
     pub fn new(spec: NewSeq) -> Self {
-        let tokens = spec.prompt.clone();
+        let tokens = spec.prompt.to_vec();
         let prompt_len = tokens.len();
         Self { spec, tokens, prompt_len, num_computed: 0, started: false }
     }

@@ -1,7 +1,7 @@
 //! Scheduler tests with a fake model: the "next token" is a hash of all tokens so far, so a
 //! sequence's output is fixed by its prompt however it is batched, chunked or preempted.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::*;
 
@@ -23,8 +23,8 @@ fn seq(id: u64, prompt_len: usize, max_tokens: usize) -> NewSeq {
         prompt: (0..prompt_len as u32).map(|t| t * 31 + id as u32).collect(),
         max_tokens,
         min_tokens: 0,
-        eos_ids: vec![],
-        stop_token_ids: vec![],
+        eos_ids: Arc::new([]),
+        stop_token_ids: Arc::new([]),
         adapter: None,
         after: None,
     }
@@ -183,8 +183,8 @@ fn abort_frees_blocks_at_once() {
 fn stop_tokens_and_min_tokens() {
     let mut s = Scheduler::new(cfg(64, 64));
     let mut a = seq(1, 4, 10);
-    a.eos_ids = vec![5];
-    a.stop_token_ids = vec![6];
+    a.eos_ids = Arc::new([5]);
+    a.stop_token_ids = Arc::new([6]);
     a.min_tokens = 1;
     s.add(a).unwrap();
     let out = s.schedule();
