@@ -29,7 +29,7 @@ fn block_pool(c: &mut Criterion) {
                 }
                 let t = pool.allocate(8).expect("room for 256 x 8 blocks");
                 for (k, &blk) in t.iter().enumerate() {
-                    pool.insert_cached(blk, BlockHash((r * 8 + k) as u64));
+                    pool.insert_cached(blk, BlockHash((r * 8 + k) as u128));
                 }
                 live.push_back(t);
             }
@@ -64,6 +64,7 @@ fn scheduler(c: &mut Criterion) {
                     eos_ids: Vec::new().into(),
                     stop_token_ids: Vec::new().into(),
                     adapter: None,
+                    cache_salt: None,
                     after: None,
                 };
                 s.add(seq).expect("fits");

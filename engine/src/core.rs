@@ -212,6 +212,7 @@ impl EngineCore {
                 eos_ids: eos.clone(),
                 stop_token_ids: stop_token_ids.clone(),
                 adapter: s.adapter,
+                cache_salt: s.cache_salt.clone(),
                 after: seqs.first().copied(),
             };
             if let Err(e) = self.scheduler.add(spec) {

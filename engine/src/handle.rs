@@ -87,6 +87,31 @@ impl EngineConfig {
     }
 }
 
+/// Longest `cache_salt`, in bytes (it is hashed with each request's first block).
+pub const MAX_CACHE_SALT_BYTES: usize = 1024;
+
+/// How a request is served besides its prompt and sampling parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// The LoRA adapter loaded under this name; `None`: the base model.
+    pub adapter: Option<String>,
+    /// Prefix-cache namespace (vLLM's name): only requests with the same salt share cached
+    /// blocks, so cached-token counts and timing tell nothing across salts (one per tenant,
+    /// say). Non-empty, at most [`MAX_CACHE_SALT_BYTES`].
+    pub cache_salt: Option<String>,
+}
+
+fn checked_salt(salt: String) -> Result<Arc<str>> {
+    let invalid = |reason: String| EngineError::InvalidParameter { field: "cache_salt", reason };
+    if salt.is_empty() {
+        return Err(invalid("must be a non-empty string when given".into()));
+    }
+    if salt.len() > MAX_CACHE_SALT_BYTES {
+        return Err(invalid(format!("must be at most {MAX_CACHE_SALT_BYTES} bytes, got {}", salt.len())));
+    }
+    Ok(salt.into())
+}
+
 /// Facts about the running engine that never change.
 #[derive(Clone, Debug)]
 pub struct EngineInfo {
@@ -218,12 +243,19 @@ impl EngineHandle {
     /// Queues a request; its output arrives on the returned stream. Requests that could never
     /// run (too long, ids outside the vocabulary, bad parameters) are refused here.
     pub fn generate(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<OutputStream> {
-        self.generate_with(prompt, params, None)
+        self.submit(prompt, params, SubmitOptions::default())
     }
 
     /// [`Self::generate`] with the LoRA adapter loaded under the name `adapter`
     /// ([`EngineError::UnknownAdapter`] if there is none).
     pub fn generate_with(&self, prompt: Vec<u32>, params: SamplingParams, adapter: Option<&str>) -> Result<OutputStream> {
+        self.submit(prompt, params, SubmitOptions { adapter: adapter.map(str::to_owned), ..Default::default() })
+    }
+
+    /// Queues a request with its [`SubmitOptions`] (adapter, cache salt); its output arrives
+    /// on the returned stream. Requests that could never run (too long, ids outside the
+    /// vocabulary, bad parameters, an unknown adapter) are refused here.
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams, opts: SubmitOptions) -> Result<OutputStream> {
         if let Some(e) = self.inner.sup.refusal() {
             return Err(e);
         }
@@ -232,8 +264,9 @@ impl EngineHandle {
             return Err(EngineError::TokenOutOfVocab { id, vocab_size });
         }
         self.check(prompt.len(), &params)?;
+        let cache_salt = opts.cache_salt.map(checked_salt).transpose()?;
         let catalog = self.catalog()?;
-        let adapter = match adapter {
+        let adapter = match opts.adapter.as_deref() {
             Some(name) => Some(catalog.get(name)?.id),
             None => None,
         };
@@ -249,7 +282,7 @@ impl EngineHandle {
             params.stop().clone(),
             prompt.len(),
         );
-        let sub = Submission { id, prompt, params, adapter, events: tx };
+        let sub = Submission { id, prompt, params, adapter, cache_salt, events: tx };
         self.inner.cmd.send(EngineCommand::Submit(sub)).map_err(|_| self.inner.sup.gone())?;
         drop(catalog);
         Ok(stream)

@@ -23,6 +23,8 @@
 
 pub mod core;
 pub mod detokenizer;
+#[cfg(test)]
+mod engine_tests;
 pub mod error;
 pub mod finetune;
 pub mod generate;
@@ -45,7 +47,7 @@ pub use error::EngineError;
 pub use flint_models as models;
 pub use core::EngineStats;
 pub use generate::{Completion, Generator, GeneratorOptions};
-pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvCacheBudget};
+pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvCacheBudget, SubmitOptions, MAX_CACHE_SALT_BYTES};
 pub use ids::{AdapterId, RequestId};
 pub use lora::{AdapterInfo, LoraSettings};
 #[doc(hidden)]

@@ -24,6 +24,8 @@ pub(crate) struct Submission {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub adapter: Option<AdapterId>,
+    /// Prefix-cache namespace ([`crate::SubmitOptions::cache_salt`]).
+    pub cache_salt: Option<Arc<str>>,
     pub events: UnboundedSender<RequestEvent>,
 }
 

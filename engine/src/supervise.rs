@@ -103,29 +103,10 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 mod tests {
     use std::time::Duration;
 
-    use crate::{
-        models::{Device, LoadOptions},
-        EngineConfig, EngineError, EngineHandle, FaultKind, KvCacheBudget, SamplingParams,
-    };
+    use crate::{EngineError, EngineHandle, FaultKind, SamplingParams};
 
-    /// An engine on a tiny Llama with random weights and a long context, so a request can run
-    /// for thousands of tokens.
     fn engine() -> (tempfile::TempDir, EngineHandle) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
-            "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "num_hidden_layers": 1, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 8192,
-            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true,
-            "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
-        });
-        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
-        let mut cfg = EngineConfig::new(dir.path(), LoadOptions { device: Device::Cpu, dtype: None });
-        cfg.dummy_weights = true;
-        cfg.block_size = 16;
-        cfg.kv_cache = KvCacheBudget::Blocks(1024);
-        let h = EngineHandle::start(cfg).expect("engine starts");
-        (dir, h)
+        crate::engine_tests::tiny_engine(|_| {})
     }
 
     fn long() -> SamplingParams {

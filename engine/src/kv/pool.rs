@@ -9,9 +9,10 @@ use std::collections::HashMap;
 
 use crate::ids::BlockId;
 
-/// Hash of a full block's content and everything before it (see `KvManager`).
+/// Hash of a full block's content and everything before it (see `KvManager`): 128 bits of a
+/// keyed SHA-256, so a collision (two prompts sharing K/V) is out of reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BlockHash(pub u64);
+pub struct BlockHash(pub u128);
 
 const NIL: u32 = u32::MAX;
 
@@ -202,7 +203,7 @@ mod tests {
         let mut p = BlockPool::new(4);
         let a = p.allocate(3).unwrap();
         for (k, &b) in a.iter().enumerate() {
-            p.insert_cached(b, BlockHash(k as u64));
+            p.insert_cached(b, BlockHash(k as u128));
         }
         // Freed back to front: a[2] is the first to be evicted.
         p.free(a.iter().rev().copied());

@@ -229,7 +229,7 @@ impl Scheduler {
                     w += 1;
                     continue;
                 }
-                let prefix = self.kv.find_cached_prefix(&seq.tokens, seq.spec.adapter);
+                let prefix = self.kv.find_cached_prefix(&seq.tokens, seq.spec.adapter, seq.spec.cache_salt.as_deref());
                 let cached = prefix.num_tokens();
                 let n = (seq.tokens.len() - cached).min(budget);
                 let (first_start, prompt_len) = (!seq.started, seq.prompt_len);
@@ -260,7 +260,8 @@ impl Scheduler {
         for s in &out.seqs {
             if let Some(seq) = self.seqs.get_mut(&s.id) {
                 seq.num_computed = (s.num_computed + s.new_tokens.len()).min(seq.tokens.len());
-                self.kv.cache_computed(s.id, &seq.tokens, seq.num_computed, seq.spec.adapter);
+                let (adapter, salt) = (seq.spec.adapter, seq.spec.cache_salt.as_deref());
+                self.kv.cache_computed(s.id, &seq.tokens, seq.num_computed, adapter, salt);
             }
         }
         let mut steps = Vec::with_capacity(sampled.len());

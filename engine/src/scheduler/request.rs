@@ -59,6 +59,9 @@ pub struct NewSeq {
     /// The request's, shared by its samples.
     pub stop_token_ids: Arc<[u32]>,
     pub adapter: Option<AdapterId>,
+    /// Enters the prefix-cache hash of the first block: only sequences with the same salt
+    /// share cached blocks.
+    pub cache_salt: Option<Arc<str>>,
     /// Parallel samples: wait until this sequence has computed its prompt, so its full prompt
     /// blocks are in the prefix cache and shared instead of computed again.
     pub after: Option<SeqId>,

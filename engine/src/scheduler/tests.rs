@@ -25,6 +25,7 @@ fn seq(id: u64, prompt_len: usize, max_tokens: usize) -> NewSeq {
         min_tokens: 0,
         eos_ids: Arc::new([]),
         stop_token_ids: Arc::new([]),
+        cache_salt: None,
         adapter: None,
         after: None,
     }
