@@ -440,8 +440,9 @@ async fn cors_preflight_needs_no_key() {
     let r = send(&s.app, preflight).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("access-control-allow-origin"), Some("http://app.example"));
+    // An origin --cors-origin does not list is refused (api::guard), without CORS headers.
     let r = send(&s.app, from_origin("http://evil.example")).await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.header("access-control-allow-origin"), None);
     // Without --cors-origin there are no CORS headers at all.
     let plain = server();

@@ -119,6 +119,13 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "permission_error", message)
     }
 
+    /// 415: a JSON route got a body that does not say it is JSON (`message` names the header).
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", message);
+        e.code = Some("unsupported_media_type".into());
+        e
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self

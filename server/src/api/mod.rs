@@ -8,7 +8,9 @@
 //! - `files`, `fine_tuning`: OpenAI's files and fine-tuning routes (`--data-dir`);
 //! - `admin`: `/admin/models…` (load, unload, switch, status) and `/admin/logs`, key required;
 //! - [`ApiError`]: every error as an OpenAI error body, mapped once from engine errors;
-//! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS.
+//! - auth (`--api-key`, constant-time), body limit (413), admission limit (429), CORS;
+//! - `guard`: `Host` (DNS rebinding) and `Origin` checks (403), JSON content type (415), JSON
+//!   nesting depth (400).
 //!
 //! Request bodies are parsed once, at the edge, into checked engine types
 //! ([`flint_engine::SamplingParams`], token ids); the engine never sees JSON.
@@ -17,6 +19,7 @@ pub mod admin;
 pub mod error;
 pub mod files;
 pub mod fine_tuning;
+pub mod guard;
 pub mod logs;
 pub mod lora;
 pub mod metrics;
@@ -74,6 +77,12 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// Largest file upload (`POST /v1/files`), in bytes.
     pub max_upload_bytes: usize,
+    /// Bound to a loopback address: a `Host` header that is not a loopback name, address or
+    /// `allowed_hosts` entry is refused (403), so a DNS-rebinding page cannot reach the server.
+    pub check_host: bool,
+    /// `--allowed-host`: more names the server answers to (behind a proxy): `name`, `.domain`
+    /// (it and its subdomains) or `*` (any).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +99,8 @@ impl Default for ServerConfig {
             model_roots: Vec::new(),
             data_dir: None,
             max_upload_bytes: 512 << 20,
+            check_host: true,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -218,13 +229,21 @@ impl Drop for Permit {
 }
 
 /// A JSON body parsed into `T`, with errors naming the field (`messages[0].content`) and
-/// OpenAI-shaped 400/413 responses instead of axum's plain-text rejections.
+/// OpenAI-shaped 400/413/415 responses instead of axum's plain-text rejections. The body must
+/// be declared JSON ([`guard::require_json`]) and nest at most [`guard::MAX_JSON_DEPTH`]
+/// levels; one over [`INLINE_PARSE_BYTES`] is parsed on a blocking thread, a few at a time
+/// ([`guard::large_parse_slot`]).
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+/// Bodies up to this size are parsed on the async worker (well under a millisecond); larger
+/// ones on a blocking thread, so a body near `--max-body-bytes` never stalls other requests.
+pub const INLINE_PARSE_BYTES: usize = 64 << 10;
+
+impl<T: DeserializeOwned + Send + 'static, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        guard::require_json(req.headers())?;
         let limit = body_limit(&req);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -233,28 +252,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_body(format!("cannot read the request body: {e}"))
             }
         })?;
-        // Serde would also read a struct from a JSON array; OpenAI bodies are objects.
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|&b| b != b'{') {
-            return Err(ApiError::bad_body("the request body must be a JSON object"));
+        if bytes.len() <= INLINE_PARSE_BYTES {
+            return parse_json(&bytes).map(JsonBody);
         }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.to_string();
-            // A missing field is reported at the parent's path; name the field itself.
-            if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-                let param = if path.is_empty() || path == "." { field.to_string() } else { format!("{path}.{field}") };
-                return ApiError::invalid(param.clone(), format!("`{param}` is required"));
-            }
-            if path.is_empty() || path == "." || path == "?" {
-                ApiError::bad_body(format!("invalid JSON body: {inner}"))
-            } else {
-                ApiError::invalid(path.clone(), format!("invalid JSON body at `{path}`: {inner}"))
-            }
-        })
+        let _slot = guard::large_parse_slot().await;
+        tokio::task::spawn_blocking(move || parse_json(&bytes))
+            .await
+            .map_err(|e| ApiError::internal(format!("parsing the request body failed: {e}")))?
+            .map(JsonBody)
     }
+}
+
+/// A JSON object body into `T`: nesting checked first, then serde, errors naming the field.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Serde would also read a struct from a JSON array; OpenAI bodies are objects.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(ApiError::bad_body("the request body must be a JSON object"));
+    }
+    guard::check_depth(bytes)?;
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // A missing field is reported at the parent's path; name the field itself.
+        if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            let param = if path.is_empty() || path == "." { field.to_string() } else { format!("{path}.{field}") };
+            return ApiError::invalid(param.clone(), format!("`{param}` is required"));
+        }
+        if path.is_empty() || path == "." || path == "?" {
+            ApiError::bad_body(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::invalid(path.clone(), format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
 }
 
 /// The body limit for messages (set on the request by [`router`]).
@@ -315,7 +347,7 @@ async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) 
     next.run(req).await
 }
 
-/// Every route, with auth, body limit and (if configured) CORS.
+/// Every route, with the Host/Origin guard, auth, body limit and (if configured) CORS.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v1/chat/completions", post(openai::chat::handler))
@@ -345,6 +377,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        // Outside auth: a page that may not call the server learns nothing, not even 401.
+        .layer(middleware::from_fn_with_state(Arc::new(guard::Guard::new(&state.config)), guard::check))
         .with_state(state.clone());
     if !state.config.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, CorsLayer};

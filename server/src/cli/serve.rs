@@ -60,7 +60,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLINT_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
     /// Require this key (`Authorization: Bearer KEY` or `X-API-Key: KEY`) on every route but
-    /// /health and /ready.
+    /// /health and /ready. An empty key is an error; without one, a server bound to an address
+    /// other than loopback warns at startup that anyone who can reach it can use it.
     #[arg(long, env = "FLINT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Requests accepted beyond --max-num-seqs before answering 429.
@@ -69,9 +70,18 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "FLINT_MAX_BODY_BYTES", default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
-    /// Allow browser requests from this origin (repeatable; `*` for any). CORS is off without it.
+    /// Allow browser requests from this origin, `scheme://host[:port]` (repeatable; `*` for
+    /// any). A request carrying an `Origin` header it does not allow is refused (403), except
+    /// the server's own pages: same origin under a loopback name, an IP address or an
+    /// --allowed-host. CORS headers are off without it.
     #[arg(long, env = "FLINT_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
+    /// Also answer to this Host name (repeatable), e.g. behind a proxy: bound to a loopback
+    /// address, the server refuses `Host` headers that are not loopback names or addresses
+    /// (DNS rebinding). `.example.com` allows it and its subdomains, `*` any name; a port is
+    /// not part of it. Binds other than loopback do not check Host.
+    #[arg(long = "allowed-host", env = "FLINT_ALLOWED_HOSTS", value_delimiter = ',', value_name = "NAME")]
+    pub allowed_host: Vec<String>,
     /// Weights/compute dtype: f32, bf16 or f16.
     #[arg(long, env = "FLINT_DTYPE")]
     pub dtype: Option<String>,
@@ -87,6 +97,19 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The flags that decide who may call are checked before anything loads.
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
+    let api_key = api_key(args.api_key.as_deref())?;
+    if api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving on {addr}, which is not a loopback address, without --api-key: anyone who can reach it \
+             can use every route but /admin (generate, and load or unload models through Ollama's routes)"
+        );
+    }
+    let cors_origins = cors_origins(&args.cors_origin)?;
+    let allowed_hosts = allowed_hosts(&args.allowed_host)?;
     let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
     let catalog = match &args.catalog {
         Some(path) => Catalog::load(path)?,
@@ -125,11 +148,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     let state = AppState::build(
         ServerConfig {
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            api_key,
             max_waiting_requests: args.max_waiting_requests,
             max_num_seqs: args.engine.max_num_seqs,
             max_body_bytes: args.max_body_bytes,
-            cors_origins: args.cors_origin.clone(),
+            cors_origins,
+            check_host: addr.ip().is_loopback(),
+            allowed_hosts,
             lora_dir,
             model_roots,
             data_dir: args.data_dir.clone(),
@@ -139,9 +164,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registry.clone(),
     )
     .map_err(|(e, _)| e)?;
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let names: Vec<&str> = startup.iter().map(|r| r.name.as_str()).collect();
     tracing::info!("listening on http://{addr} (loading {})", names.join(", "));
@@ -234,6 +256,45 @@ fn startup_models(args: &ServeArgs, catalog: &Catalog) -> anyhow::Result<Vec<Loa
     Ok(out)
 }
 
+/// The key auth uses: an empty one is a mistake (an unset variable expanded), never "no auth".
+fn api_key(key: Option<&str>) -> anyhow::Result<Option<String>> {
+    match key {
+        Some(k) if k.trim().is_empty() => anyhow::bail!(
+            "--api-key (or FLINT_API_KEY) is empty: give a key, or leave both unset to serve without auth"
+        ),
+        k => Ok(k.map(str::to_owned)),
+    }
+}
+
+/// `--cors-origin` values as browsers send `Origin` (lower case, no trailing `/`): `*` or
+/// `http(s)://host[:port]`; empty entries (an empty variable) are dropped.
+fn cors_origins(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for o in list.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let norm = o.trim_end_matches('/').to_ascii_lowercase();
+        let authority = norm.strip_prefix("http://").or_else(|| norm.strip_prefix("https://"));
+        let ok = norm == "*" || authority.is_some_and(|a| !a.is_empty() && !a.contains(['/', '?', '#', ' ', '*']));
+        if !ok {
+            anyhow::bail!("--cors-origin {o}: expected `*` or an origin like `http://host:port` (no path)");
+        }
+        out.push(norm);
+    }
+    Ok(out)
+}
+
+/// `--allowed-host` values, lower case: names (`.domain` for subdomains, `*` for any), no port.
+fn allowed_hosts(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for h in list.iter().map(|h| h.trim()).filter(|h| !h.is_empty()) {
+        let bracketed_v6 = h.starts_with('[') && h.ends_with(']');
+        if h.contains(['/', ' ', '@']) || (h.contains(':') && !bracketed_v6) || (h.contains('*') && h != "*") {
+            anyhow::bail!("--allowed-host {h}: expected a host name without port (`flint.example.com`, `.example.com`, `*`)");
+        }
+        out.push(h.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -249,5 +310,33 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_api_key_is_an_error() {
+        for empty in ["", "  "] {
+            let e = api_key(Some(empty)).unwrap_err().to_string();
+            assert!(e.contains("--api-key") && e.contains("FLINT_API_KEY"), "{e}");
+        }
+        assert_eq!(api_key(None).unwrap(), None);
+        assert_eq!(api_key(Some("k")).unwrap().as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn cors_origins_and_hosts_are_checked() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(cors_origins(&s(&["HTTP://App.example:3000/", "*", ""])).unwrap(), ["http://app.example:3000", "*"]);
+        for bad in ["app.example", "http://app.example/path", "ftp://x", "http://"] {
+            assert!(cors_origins(&s(&[bad])).unwrap_err().to_string().contains("--cors-origin"), "{bad}");
+        }
+        assert_eq!(allowed_hosts(&s(&["Flint.LAN", ".example.com", "*", "[::1]", ""])).unwrap(), ["flint.lan", ".example.com", "*", "[::1]"]);
+        for bad in ["flint.lan:8000", "http://flint.lan", "*.example.com"] {
+            assert!(allowed_hosts(&s(&[bad])).unwrap_err().to_string().contains("--allowed-host"), "{bad}");
+        }
     }
 }

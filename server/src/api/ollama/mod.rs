@@ -99,7 +99,7 @@ impl IntoResponse for OllamaError {
 /// A JSON body parsed as [`JsonBody`] does (errors name the field), rejected in Ollama's shape.
 pub struct OllamaJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OllamaJson<T> {
+impl<T: DeserializeOwned + Send + 'static, S: Send + Sync> FromRequest<S> for OllamaJson<T> {
     type Rejection = OllamaError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, OllamaError> {
