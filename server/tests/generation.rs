@@ -172,3 +172,37 @@ async fn huge_conversations_are_refused_and_big_ones_leave_the_server_responsive
     post_completion(&s.app, json!({"prompt": huge})).await.error(StatusCode::BAD_REQUEST, Some("prompt"));
     post_completion(&s.app, json!({"prompt": ["a", huge]})).await.error(StatusCode::BAD_REQUEST, Some("prompt[1]"));
 }
+
+fn cached(r: &Resp) -> u64 {
+    r.ok()["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn cache_salt_keeps_prefix_caches_apart() {
+    let s = server();
+    let prompt = "a prompt long enough to fill several blocks of four tokens";
+    let first = post_completion(&s.app, json!({"prompt": prompt, "max_tokens": 1, "cache_salt": "alice"})).await;
+    assert_eq!(cached(&first), 0);
+    let again = post_completion(&s.app, json!({"prompt": prompt, "max_tokens": 1, "cache_salt": "alice"})).await;
+    assert!(cached(&again) > 0, "the same salt shares the cache");
+    let other = post_completion(&s.app, json!({"prompt": prompt, "max_tokens": 1, "cache_salt": "bob"})).await;
+    assert_eq!(cached(&other), 0, "another salt learns nothing");
+    let none = post_completion(&s.app, json!({"prompt": prompt, "max_tokens": 1})).await;
+    assert_eq!(cached(&none), 0, "nor does a request without one");
+    post_completion(&s.app, json!({"cache_salt": ""})).await.error(StatusCode::BAD_REQUEST, Some("cache_salt"));
+    post_completion(&s.app, json!({"cache_salt": "x".repeat(300)})).await.error(StatusCode::BAD_REQUEST, Some("cache_salt"));
+}
+
+#[tokio::test]
+async fn prefix_cache_per_key_keeps_tenants_apart() {
+    let s = server_with(ServerConfig { prefix_cache_per_key: true, ..config() });
+    let body = chat(json!({"messages": [{"role": "user", "content": "the same long question, asked twice over"}], "max_tokens": 1}));
+    let as_key = |key: &str| {
+        let mut req = post("/v1/chat/completions", &body);
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        req
+    };
+    assert_eq!(cached(&send(&s.app, as_key("tenant-a")).await), 0);
+    assert!(cached(&send(&s.app, as_key("tenant-a")).await) > 0);
+    assert_eq!(cached(&send(&s.app, as_key("tenant-b")).await), 0, "another key learns nothing");
+}

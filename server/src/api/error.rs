@@ -9,6 +9,7 @@ use axum::{
 use flint_engine::{scheduler::AdmitError, EngineError};
 
 use super::types::{ErrorBody, ErrorDetail};
+use crate::finetune::{store::StoreError, FineTuneError};
 
 /// An error response: status, OpenAI `type`, message, and the offending field.
 #[derive(Debug, Clone)]
@@ -183,6 +184,37 @@ impl From<EngineError> for ApiError {
             | EngineError::EngineFailed(_)
             | EngineError::Forward(_) => Self::internal(msg),
         }
+    }
+}
+
+impl From<FineTuneError> for ApiError {
+    /// The one mapping from files and fine-tuning errors to HTTP statuses.
+    fn from(e: FineTuneError) -> Self {
+        let msg = e.to_string();
+        match e {
+            FineTuneError::Invalid { field, .. } => Self::invalid(field, msg),
+            FineTuneError::Model(e) => Self::from(e).with_param("model"),
+            FineTuneError::JobNotFound(_) => Self::not_found(msg).with_param("fine_tuning_job_id"),
+            FineTuneError::FileNotFound { field, .. } => Self::not_found(msg).with_param(field),
+            FineTuneError::AlreadyFinished(_) => Self::invalid("fine_tuning_job_id", msg),
+            FineTuneError::TooManyJobs { .. } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg);
+                e.retry_after = Some(60);
+                e
+            }
+            FineTuneError::Dataset(_) | FineTuneError::EmptyFile => Self::invalid("file", msg),
+            FineTuneError::Store(_)
+            | FineTuneError::Io { .. }
+            | FineTuneError::SaveAdapter(_)
+            | FineTuneError::ServeAdapter { .. }
+            | FineTuneError::Task(_) => Self::internal(msg),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(format!("file storage: {e}"))
     }
 }
 

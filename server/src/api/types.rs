@@ -59,6 +59,9 @@ macro_rules! with_sampling_fields {
             /// vLLM's extension: name logprob tokens `token_id:N` instead of their text.
             #[serde(default)]
             pub return_tokens_as_token_ids: bool,
+            /// vLLM's extension: requests with different salts never share prefix-cache
+            /// blocks (nor learn from `cached_tokens` what another client sent).
+            pub cache_salt: Option<String>,
         }
 
         impl $name {

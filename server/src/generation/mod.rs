@@ -57,6 +57,59 @@ impl GenError {
 
 pub type Result<T, E = GenError> = std::result::Result<T, E>;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salts_keep_tenants_and_requests_apart() {
+        assert_eq!(cache_salt(None, None), None);
+        let a = cache_salt(Some(b"key-a"), None);
+        assert_ne!(a, cache_salt(Some(b"key-b"), None));
+        assert_eq!(a, cache_salt(Some(b"key-a"), None));
+        assert_ne!(a, cache_salt(Some(b"key-a"), Some("s")));
+        assert_ne!(cache_salt(None, Some("s")), cache_salt(Some(b""), Some("s")));
+        assert!(!a.unwrap().contains("key-a"), "the key itself is never part of the salt");
+        assert!(check_cache_salt(Some("")).is_err() && check_cache_salt(Some(&"x".repeat(257))).is_err());
+    }
+}
+
+/// Longest `cache_salt` a request may give, in bytes.
+pub const MAX_CACHE_SALT_BYTES: usize = 256;
+
+/// The prefix-cache salt of a request from the API key it presents (when the server isolates
+/// tenants) and its own `cache_salt`. Two requests share cached blocks only when both agree.
+/// The key enters as a digest: it is never stored, and its length does not matter.
+pub fn cache_salt(key: Option<&[u8]>, requested: Option<&str>) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    if key.is_none() && requested.is_none() {
+        return None;
+    }
+    let mut out = String::with_capacity(34 + requested.map_or(0, str::len));
+    if let Some(k) = key {
+        out.push('k');
+        for b in &Sha256::digest(k)[..16] {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+    out.push(':');
+    out.push_str(requested.unwrap_or_default());
+    Some(out)
+}
+
+/// Checks a request's `cache_salt`: non-empty when given, at most [`MAX_CACHE_SALT_BYTES`].
+pub fn check_cache_salt(salt: Option<&str>) -> Result<()> {
+    match salt {
+        Some("") => Err(GenError::invalid("cache_salt", "`cache_salt` must not be empty")),
+        Some(s) if s.len() > MAX_CACHE_SALT_BYTES => Err(GenError::invalid(
+            "cache_salt",
+            format!("`cache_salt` has {} bytes; at most {MAX_CACHE_SALT_BYTES} are allowed", s.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Unix time in seconds (`created`).
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()

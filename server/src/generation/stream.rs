@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use flint_engine::{EngineError, FinishReason, OutputStream, SamplingParams, StreamDelta, Usage};
+use flint_engine::{EngineError, FinishReason, OutputStream, SamplingParams, StreamDelta, SubmitOptions, Usage};
 use tokio::sync::mpsc;
 
 use super::{GenError, Result};
@@ -30,10 +30,12 @@ pub type Submitted = mpsc::Receiver<Fwd>;
 /// Queues one engine request per `(prompt, params)` on the base model or on `adapter`, and
 /// merges their output. Every prompt is checked before any is queued; if queueing one still
 /// fails, those queued before it are aborted (their streams drop). `arrival` is when the
-/// request came in (time to first token counts from there).
+/// request came in (time to first token counts from there). `cache_salt` keeps the
+/// requests' prefix-cache blocks apart from those of requests with another salt.
 pub fn submit(
     served: &Served,
     adapter: Option<&str>,
+    cache_salt: Option<String>,
     jobs: Vec<(Vec<u32>, SamplingParams)>,
     metrics: Arc<ModelMetrics>,
     arrival: Instant,
@@ -41,9 +43,10 @@ pub fn submit(
     for (prompt, params) in &jobs {
         served.engine.check(prompt.len(), params)?;
     }
+    let opts = SubmitOptions { adapter: adapter.map(str::to_owned), cache_salt };
     let mut streams = Vec::with_capacity(jobs.len());
     for (prompt, params) in jobs {
-        let stream = served.engine.generate_with(prompt, params, adapter).map_err(|e| match (e, adapter) {
+        let stream = served.engine.submit(prompt, params, opts.clone()).map_err(|e| match (e, adapter) {
             (EngineError::UnknownAdapter(_), Some(name)) => GenError::AdapterGone(name.to_owned()),
             (e, _) => GenError::Engine(e),
         })?;

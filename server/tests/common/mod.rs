@@ -75,7 +75,7 @@ pub fn config() -> ServerConfig {
 pub struct Server {
     pub app: Router,
     pub state: Arc<AppState>,
-    _dir: TempDir,
+    pub _dir: TempDir,
     /// `--lora-dir` of [`lora_server`].
     pub lora_dir: Option<TempDir>,
 }

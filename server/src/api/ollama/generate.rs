@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use axum::{extract::State, response::Response};
+use axum::{extract::State, http::HeaderMap, response::Response};
 use serde_json::Value;
 
 use super::{
@@ -85,6 +85,7 @@ async fn prompt_tokens(
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     OllamaJson(req): OllamaJson<GenerateRequest>,
 ) -> Result<Response, OllamaError> {
     let arrival = Instant::now();
@@ -115,7 +116,8 @@ pub async fn handler(
     let max_tokens = opts.max_tokens(ids.len(), info.max_model_len);
     let params = sampling_params(&opts.sampling, Some(max_tokens), checked.logprobs, ids.len(), info.max_model_len)?;
     let metrics = state.metrics.model(&a.served.name);
-    let rx = submit(&a.served, a.adapter.as_deref(), vec![(ids.clone(), params)], metrics, arrival)?;
+    let salt = state.cache_salt(&headers, None);
+    let rx = submit(&a.served, a.adapter.as_deref(), salt, vec![(ids.clone(), params)], metrics, arrival)?;
     let job = Job {
         model: req.model,
         shape: Shape::Generate { prompt_ids: ids },

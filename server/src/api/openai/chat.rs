@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::State,
+    http::HeaderMap,
     response::{IntoResponse, Response},
     Json,
 };
@@ -22,7 +23,7 @@ use crate::{
     chat_template::ChatMessage,
     generation::{
         admission::Cost,
-        collect_deltas, logprobs_count, new_id, now,
+        check_cache_salt, collect_deltas, logprobs_count, new_id, now,
         params::requested_n,
         prompt::{chat_prompt, message},
         sampling_params, submit, Role,
@@ -64,6 +65,7 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
@@ -78,6 +80,8 @@ pub async fn handler(
     };
     let sampling = req.sampling();
     let n = requested_n(&sampling)?;
+    check_cache_salt(req.cache_salt.as_deref())?;
+    let salt = state.cache_salt(&headers, req.cache_salt.as_deref());
     let msgs = messages(&req)?;
     let (served, adapter) = state.resolve(&req.model)?;
     let permit = state.admit(&served, Cost::one(n))?;
@@ -87,7 +91,7 @@ pub async fn handler(
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     let info = served.engine.info();
     let params = sampling_params(&sampling, max_tokens, logprobs, ids.len(), info.max_model_len)?;
-    let rx = submit(&served, adapter.as_deref(), vec![(ids, params)], state.metrics.model(&served.name), arrival)?;
+    let rx = submit(&served, adapter.as_deref(), salt, vec![(ids, params)], state.metrics.model(&served.name), arrival)?;
     let id = new_id("chatcmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));

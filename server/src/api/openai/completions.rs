@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::State,
+    http::HeaderMap,
     response::{IntoResponse, Response},
     Json,
 };
@@ -20,7 +21,7 @@ use crate::{
     },
     generation::{
         admission::Cost,
-        collect_deltas, logprobs_count, new_id, now,
+        check_cache_salt, collect_deltas, logprobs_count, new_id, now,
         params::requested_n,
         prompt::{check_count, text_prompts},
         sampling_params, submit, PromptLimits,
@@ -62,6 +63,7 @@ async fn prompts(tok: &Arc<Tokenizer>, prompt: PromptField, limits: PromptLimits
 
 pub async fn handler(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
@@ -73,6 +75,8 @@ pub async fn handler(
     let limits = state.config.prompt_limits;
     let sampling = req.sampling();
     let n = requested_n(&sampling)?;
+    check_cache_salt(req.cache_salt.as_deref())?;
+    let salt = state.cache_salt(&headers, req.cache_salt.as_deref());
     let count = prompt_count(&req.prompt);
     check_count(count, &limits)?;
     let (served, adapter) = state.resolve(&req.model)?;
@@ -91,7 +95,7 @@ pub async fn handler(
     }
     let num_choices = jobs.len() * n;
     // Every prompt (and so each of its `n` samples) runs on the requested adapter.
-    let rx = submit(&served, adapter.as_deref(), jobs, state.metrics.model(&served.name), arrival)?;
+    let rx = submit(&served, adapter.as_deref(), salt, jobs, state.metrics.model(&served.name), arrival)?;
     let id = new_id("cmpl");
     // An adapter answers under its own name, as in vLLM.
     let (created, model) = (now(), adapter.unwrap_or_else(|| served.name.clone()));
