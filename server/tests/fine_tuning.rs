@@ -15,7 +15,7 @@ use common::*;
 use flint_engine::LoraSettings;
 use flint_server::{
     api::{self, AppState, ServerConfig},
-    finetune::store::Store,
+    finetune::{store::Store, MAX_PENDING_JOBS},
     registry::ModelRegistry,
 };
 use serde_json::{json, Value};
@@ -160,6 +160,10 @@ async fn bad_requests_name_the_reason() {
     create(json!({"model": MODEL, "training_file": f, "method": {"type": "dpo"}})).await.error(StatusCode::BAD_REQUEST, Some("method.type"));
     send(&s.app, get("/v1/fine_tuning/jobs/ftjob-nope")).await.error(StatusCode::NOT_FOUND, Some("fine_tuning_job_id"));
     send(&s.app, get("/v1/fine_tuning/jobs?limit=0")).await.error(StatusCode::BAD_REQUEST, Some("limit"));
+    send(&s.app, get("/v1/fine_tuning/jobs?limit=101")).await.error(StatusCode::BAD_REQUEST, Some("limit"));
+    let many: serde_json::Map<String, Value> = (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    create(json!({"model": MODEL, "training_file": f, "metadata": many})).await.error(StatusCode::BAD_REQUEST, Some("metadata"));
+    create(json!({"model": MODEL, "training_file": f, "metadata": {"k": "v".repeat(513)}})).await.error(StatusCode::BAD_REQUEST, Some("metadata"));
     assert!(send(&s.app, get("/v1/fine_tuning/jobs")).await.ok()["data"].as_array().unwrap().is_empty());
 }
 
@@ -200,4 +204,49 @@ async fn jobs_interrupted_by_a_restart_are_failed_with_the_reason() {
     let job = send(&s.app, get("/v1/fine_tuning/jobs/ftjob-1")).await.ok();
     assert_eq!(job["status"], "failed");
     assert!(job["error"]["message"].as_str().unwrap().contains("restart"), "{job}");
+}
+
+#[tokio::test]
+async fn events_and_checkpoints_pages_are_capped() {
+    let s = ft_server(tempfile::tempdir().unwrap());
+    let file = upload(&s.app, "fine-tune", &dataset()).await.ok();
+    let body = json!({"model": MODEL, "training_file": file["id"], "hyperparameters": {"max_seq_len": 8}});
+    let id = send(&s.app, post("/v1/fine_tuning/jobs", &body)).await.ok()["id"].as_str().unwrap().to_owned();
+    for route in ["events", "checkpoints"] {
+        for limit in ["0", "101", "x"] {
+            let uri = format!("/v1/fine_tuning/jobs/{id}/{route}?limit={limit}");
+            send(&s.app, get(&uri)).await.error(StatusCode::BAD_REQUEST, Some("limit"));
+        }
+        send(&s.app, get(&format!("/v1/fine_tuning/jobs/{id}/{route}?limit=100"))).await.ok();
+    }
+    // The answer starts past 8 tokens, where training stops reading: refused while validating,
+    // naming the file's line, rather than failing hours later.
+    let job = wait(&s.app, &id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["param"], "training_file", "{job}");
+    let msg = job["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("line 1: ") && msg.contains("max_seq_len"), "{job}");
+}
+
+/// Jobs waiting or running are capped: one more is a 429 until one ends.
+#[tokio::test]
+async fn pending_jobs_are_capped() {
+    let s = ft_server(tempfile::tempdir().unwrap());
+    let file = upload(&s.app, "fine-tune", &dataset()).await.ok();
+    let body = json!({"model": MODEL, "training_file": file["id"], "hyperparameters": {"n_epochs": 50, "batch_size": 1}});
+    let mut ids = Vec::new();
+    for _ in 0..MAX_PENDING_JOBS {
+        ids.push(send(&s.app, post("/v1/fine_tuning/jobs", &body)).await.ok()["id"].as_str().unwrap().to_owned());
+    }
+    let e = send(&s.app, post("/v1/fine_tuning/jobs", &body)).await.error(StatusCode::TOO_MANY_REQUESTS, None);
+    assert!(e["message"].as_str().unwrap().contains(&MAX_PENDING_JOBS.to_string()), "{e}");
+    for id in &ids {
+        send(&s.app, post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))).await.ok();
+    }
+    for id in &ids {
+        assert_eq!(wait(&s.app, id).await["status"], "cancelled");
+    }
+    let id = send(&s.app, post("/v1/fine_tuning/jobs", &body)).await.ok()["id"].as_str().unwrap().to_owned();
+    send(&s.app, post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), &json!({}))).await.ok();
+    assert_eq!(wait(&s.app, &id).await["status"], "cancelled");
 }

@@ -57,3 +57,21 @@ def test_bad_purpose(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.files.create(file=("train.jsonl", TRAIN), purpose="training")
     assert e.value.body["param"] == "purpose"
+
+
+def test_a_line_over_the_line_cap_is_refused_by_number(client):
+    # MAX_LINE_BYTES is 1 MiB: one example may not be longer.
+    long = json.dumps({"messages": [{"role": "user", "content": "x" * (1 << 20)},
+                                    {"role": "assistant", "content": "y"}]}).encode()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("long.jsonl", TRAIN + long + b"\n"), purpose="fine-tune")
+    assert "line 3" in str(e.value) and "longer than 1048576 bytes" in str(e.value)
+    assert e.value.body["param"] == "file"
+    assert "long.jsonl" not in [x.filename for x in client.files.list()]
+
+
+def test_a_multi_megabyte_download_is_the_upload(client):
+    blob = bytes(range(256)) * (12 << 10) + b"tail"  # 3 MiB and a bit, not text
+    f = client.files.create(file=("blob.bin", blob), purpose="user_data")
+    assert client.files.content(f.id).read() == blob
+    client.files.delete(f.id)

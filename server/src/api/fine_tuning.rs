@@ -29,15 +29,16 @@ fn job_json(job: &Job) -> Value {
     v
 }
 
-/// `after` and `limit` (default `default`, 1..=100) of a list route.
+/// The most jobs, events or checkpoints one list page holds (OpenAI's cap).
+pub const MAX_PAGE: usize = 100;
+
+/// `after` and `limit` (default `default`, 1..=[`MAX_PAGE`]) of a list route.
 fn page(q: &HashMap<String, String>, default: usize) -> Result<(Option<String>, usize), ApiError> {
     let limit = match q.get("limit") {
         None => default,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| ApiError::invalid("limit", format!("`limit` must be a number in 1..=100, got {s:?}")))?,
+        Some(s) => s.parse::<usize>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+            ApiError::invalid("limit", format!("`limit` must be a number in 1..={MAX_PAGE}, got {s:?}"))
+        })?,
     };
     Ok((q.get("after").cloned(), limit))
 }

@@ -14,10 +14,16 @@ use flint_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::ApiError;
+use super::error::{FineTuneError, Result};
 
 /// The LoRA learning rate a multiplier of 1 means (AdamW, after warmup).
 pub const BASE_LEARNING_RATE: f64 = 2e-4;
+
+/// `metadata` limits, OpenAI's: at most 16 pairs, keys up to 64 characters, string values up
+/// to 512. The metadata is stored with the job and sent back with every listing of it.
+pub const MAX_METADATA_PAIRS: usize = 16;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;
 
 /// A number or `"auto"`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -28,12 +34,12 @@ pub enum Auto<T> {
 }
 
 impl<T: Copy> Auto<T> {
-    /// `None` for `"auto"`; 400 naming `field` for any other word.
-    fn get(&self, field: &str) -> Result<Option<T>, ApiError> {
+    /// `None` for `"auto"`; any other word is a bad `field`.
+    fn get(&self, field: &str) -> Result<Option<T>> {
         match self {
             Self::Value(v) => Ok(Some(*v)),
             Self::Word(w) if w == "auto" => Ok(None),
-            Self::Word(w) => Err(ApiError::invalid(field, format!("`{field}` must be a number or \"auto\", got {w:?}"))),
+            Self::Word(w) => Err(FineTuneError::invalid(field, format!("`{field}` must be a number or \"auto\", got {w:?}"))),
         }
     }
 }
@@ -103,12 +109,36 @@ pub struct CreateJob {
 }
 
 impl CreateJob {
+    /// `metadata` is null or an object of at most [`MAX_METADATA_PAIRS`] short strings.
+    pub fn check_metadata(&self) -> Result<()> {
+        let bad = |msg: String| Err(FineTuneError::invalid("metadata", msg));
+        let pairs = match &self.metadata {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Object(m)) => m,
+            Some(_) => return bad("`metadata` must be an object of strings".into()),
+        };
+        if pairs.len() > MAX_METADATA_PAIRS {
+            return bad(format!("`metadata` has {} pairs; at most {MAX_METADATA_PAIRS} are allowed", pairs.len()));
+        }
+        for (k, v) in pairs {
+            if k.chars().count() > MAX_METADATA_KEY_CHARS {
+                return bad(format!("`metadata` keys are at most {MAX_METADATA_KEY_CHARS} characters"));
+            }
+            match v {
+                Value::String(s) if s.chars().count() <= MAX_METADATA_VALUE_CHARS => {}
+                Value::String(_) => return bad(format!("`metadata.{k}` is longer than {MAX_METADATA_VALUE_CHARS} characters")),
+                _ => return bad(format!("`metadata.{k}` must be a string")),
+            }
+        }
+        Ok(())
+    }
+
     /// The hyper-parameters: `method.supervised.hyperparameters` over the top-level ones.
-    pub fn hyperparameters(&self) -> Result<Hyperparameters, ApiError> {
+    pub fn hyperparameters(&self) -> Result<Hyperparameters> {
         let mut h = self.hyperparameters.clone().unwrap_or_default();
         if let Some(m) = &self.method {
             if m.kind != "supervised" {
-                return Err(ApiError::invalid(
+                return Err(FineTuneError::invalid(
                     "method.type",
                     format!("only \"supervised\" fine-tuning is supported, got {:?}", m.kind),
                 ));
@@ -143,10 +173,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Checks `h` (400 naming the field) and fills in `"auto"` and absent values.
+    /// Checks `h` (a bad value is an error naming its field) and fills in `"auto"` and absent values.
     /// `max_rank`: the server's `--max-lora-rank`; `context`: the model's length.
-    pub fn check(h: &Hyperparameters, seed: Option<i64>, max_rank: usize, context: usize) -> Result<Self, ApiError> {
-        let bad = |field: &str, msg: String| ApiError::invalid(field, msg);
+    pub fn check(h: &Hyperparameters, seed: Option<i64>, max_rank: usize, context: usize) -> Result<Self> {
+        let bad = |field: &str, msg: String| FineTuneError::invalid(field, msg);
         let n_epochs = match h.n_epochs.as_ref().map(|a| a.get("hyperparameters.n_epochs")).transpose()?.flatten() {
             Some(n) if !(1..=50).contains(&n) => return Err(bad("hyperparameters.n_epochs", format!("`n_epochs` must be in 1..=50, got {n}"))),
             n => n.map(|n| n as usize),
@@ -357,7 +387,10 @@ mod tests {
     fn out_of_range_values_name_the_field() {
         let check = |v: Value| {
             let h: Hyperparameters = serde_json::from_value(v).unwrap();
-            Plan::check(&h, None, 16, 256).unwrap_err().param.unwrap()
+            match Plan::check(&h, None, 16, 256) {
+                Err(FineTuneError::Invalid { field, .. }) => field,
+                other => panic!("expected a bad field, got {other:?}"),
+            }
         };
         assert_eq!(check(serde_json::json!({"n_epochs": 0})), "hyperparameters.n_epochs");
         assert_eq!(check(serde_json::json!({"n_epochs": "many"})), "hyperparameters.n_epochs");
@@ -368,5 +401,19 @@ mod tests {
         assert_eq!(check(serde_json::json!({"lora_target_modules": ["lm_head"]})), "hyperparameters.lora_target_modules");
         assert_eq!(check(serde_json::json!({"max_seq_len": 4096})), "hyperparameters.max_seq_len");
         assert_eq!(check(serde_json::json!({"lr_scheduler": "step"})), "hyperparameters.lr_scheduler");
+    }
+
+    #[test]
+    fn metadata_is_short_strings() {
+        let req = |metadata: Value| -> CreateJob {
+            serde_json::from_value(serde_json::json!({"model": "m", "training_file": "f", "metadata": metadata})).unwrap()
+        };
+        assert!(req(Value::Null).check_metadata().is_ok());
+        assert!(req(serde_json::json!({"team": "a", "run": "7"})).check_metadata().is_ok());
+        let many: serde_json::Map<String, Value> = (0..17).map(|i| (format!("k{i}"), Value::from("v"))).collect();
+        for bad in [serde_json::json!([1]), Value::Object(many), serde_json::json!({"k": 1}),
+            serde_json::json!({"k": "v".repeat(513)}), serde_json::json!({"k".repeat(65): "v"})] {
+            assert!(matches!(req(bad).check_metadata(), Err(FineTuneError::Invalid { field, .. }) if field == "metadata"));
+        }
     }
 }

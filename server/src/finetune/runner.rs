@@ -14,10 +14,11 @@ use flint_engine::finetune::{StepMetrics, TrainHooks, TrainableModel};
 use serde_json::json;
 
 use super::{
+    error::FineTuneError,
     job::{Job, JobError, Status},
     service::{now, FineTuning},
 };
-use crate::{api::openai::new_id, registry::Served};
+use crate::{generation::new_id, registry::Served};
 
 /// `<data_dir>/adapters/<job>/final` or `…/ckpt-step-N`.
 pub(super) fn adapter_dir(data_dir: &Path, job: &str, step: Option<usize>) -> PathBuf {
@@ -40,28 +41,28 @@ struct Hooks {
 
 impl Hooks {
     /// Saves `model` under `step`'s name and serves it; records the checkpoint.
-    fn publish(&mut self, model: &TrainableModel, step: Option<usize>, metrics: serde_json::Value) -> Result<String, String> {
-        let dir = adapter_dir(&self.ft.data_dir, &self.job.id, step);
+    fn publish(&mut self, model: &TrainableModel, step: Option<usize>, metrics: serde_json::Value) -> Result<String, FineTuneError> {
+        let dir = adapter_dir(self.ft.data_dir(), &self.job.id, step);
         if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|source| FineTuneError::Io { path: parent.to_path_buf(), source })?;
         }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot replace {}: {e}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).map_err(|source| FineTuneError::Io { path: dir.clone(), source })?;
         }
-        model.save_peft(&dir, &self.job.model).map_err(|e| format!("cannot save the adapter: {e}"))?;
+        model.save_peft(&dir, &self.job.model).map_err(FineTuneError::SaveAdapter)?;
         let name = match step {
             Some(s) => self.job.checkpoint_name(s),
             None => self.job.model_name(),
         };
         self.rt
             .block_on(self.served.engine.load_adapter(&name, dir))
-            .map_err(|e| format!("cannot serve the adapter `{name}`: {e}"))?;
+            .map_err(|source| FineTuneError::ServeAdapter { name: name.clone(), source: Box::new(source) })?;
         if let Some(s) = step {
             let id = new_id("ftckpt");
             let body = json!({"object": "fine_tuning.job.checkpoint", "id": id, "created_at": now(),
                 "fine_tuned_model_checkpoint": name, "step_number": s, "metrics": metrics,
                 "fine_tuning_job_id": self.job.id});
-            self.ft.store.add_checkpoint(&self.job.id, &id, now(), s as i64, &body).map_err(|e| e.to_string())?;
+            self.ft.store().add_checkpoint(&self.job.id, &id, now(), s as i64, &body)?;
         }
         Ok(name)
     }
@@ -94,6 +95,7 @@ impl TrainHooks for Hooks {
         self.ft.event(&self.job.id, "info", &format!("Step {step}: validation loss={loss:.4}"), Some(data));
     }
 
+    /// The engine's hook takes a message; the error's text is also kept for the job.
     fn on_checkpoint(&mut self, step: usize, model: &TrainableModel) -> Result<(), String> {
         let metrics = json!({"step": step, "train_loss": self.last_loss});
         match self.publish(model, Some(step), metrics) {
@@ -102,6 +104,7 @@ impl TrainHooks for Hooks {
                 Ok(())
             }
             Err(e) => {
+                let e = e.to_string();
                 self.error = Some(e.clone());
                 Err(e)
             }
@@ -115,12 +118,13 @@ impl TrainHooks for Hooks {
 
 /// Runs job `id` to its end (succeeded, failed or cancelled).
 pub(super) async fn run(ft: Arc<FineTuning>, id: String) {
-    let Ok(mut job) = ft.get(&id) else { return };
-    let prepared = FineTuning::lock(&ft.prepared).remove(&id);
-    let cancel = FineTuning::lock(&ft.cancels).get(&id).cloned();
-    let (Some(prepared), Some(cancel)) = (prepared, cancel) else { return };
+    let Ok(mut job) = ft.get(&id) else {
+        ft.forget(&id);
+        return;
+    };
+    let Some(cancel) = ft.cancel_flag(&id) else { return };
     let fail = |code: &str, message: String| JobError { code: code.into(), message, param: None };
-    let served = match ft.registry.resolve(&job.model) {
+    let served = match ft.registry().resolve(&job.model) {
         Ok((served, None)) => served,
         _ => {
             let err = fail("model_unavailable", format!("the base model `{}` is no longer served", job.model));
@@ -129,12 +133,33 @@ pub(super) async fn run(ft: Arc<FineTuning>, id: String) {
             return;
         }
     };
+    // The examples are prepared again (validation only counted them), so only running jobs
+    // hold theirs in memory.
+    let prepared = {
+        let (ft, job, served) = (ft.clone(), job.clone(), served.clone());
+        tokio::task::spawn_blocking(move || ft.prepare(&job, &served, true)).await
+    };
+    let prepared = match prepared {
+        Ok(Ok((_, p))) => p,
+        // Cancelled while it was prepared: the cancel has ended the job.
+        _ if cancel.load(Ordering::Acquire) => return,
+        Ok(Err(err)) => {
+            ft.event(&id, "error", &format!("Preparing the files failed: {}", err.message), None);
+            ft.finish(&mut job, Status::Failed, Some(err));
+            return;
+        }
+        Err(e) => {
+            ft.finish(&mut job, Status::Failed, Some(fail("internal", format!("preparing the files failed: {e}"))));
+            return;
+        }
+    };
     let plan = job.plan.clone().expect("a queued job has a resolved plan");
     let micro = plan.batch_size;
     let steps_per_epoch = prepared.train.len().div_ceil(micro.max(1));
     let tc = plan.train_config(steps_per_epoch);
-    job.status = Status::Running;
-    let _ = ft.save(&job);
+    if !ft.start_running(&mut job) {
+        return;
+    }
     ft.event(&id, "info", &format!("Fine-tuning started: {} epochs of {} steps.", plan.n_epochs, steps_per_epoch), None);
     tracing::info!(job = %id, model = %job.model, "fine-tuning started");
 
@@ -188,7 +213,7 @@ pub(super) async fn run(ft: Arc<FineTuning>, id: String) {
         }
         (Ok(_), published) => {
             let msg = hook_error
-                .or_else(|| published.and_then(Result::err))
+                .or_else(|| published.and_then(Result::err).map(|e| e.to_string()))
                 .unwrap_or_else(|| "the adapter was not saved".into());
             let err = fail("publish_failed", msg);
             ft.event(&id, "error", &err.message, None);

@@ -5,9 +5,11 @@
 //! Job, event and checkpoint bodies are opaque JSON: the job logic owns their shape, so it can
 //! grow fields without a migration; only what is queried on (ids, times, status) has columns.
 //! One connection behind a mutex is enough: every call is a short statement, and file contents
-//! are read and written outside the lock.
+//! are read and written outside the lock. An upload is written to a temporary file beside the
+//! others ([`super::upload::Upload`]) and becomes a file only once complete ([`Store::commit_file`]).
 
 use std::{
+    collections::HashMap,
     fs,
     io::Write,
     path::{Path, PathBuf},
@@ -19,7 +21,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::openai::new_id;
+use crate::generation::new_id;
 
 /// The schema, one entry a version: `user_version` says how many have run. Append only.
 const MIGRATIONS: &[&str] = &["
@@ -61,7 +63,7 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
@@ -83,6 +85,20 @@ pub struct FileObject {
 }
 
 impl FileObject {
+    /// A new file's description (its id is new; `bytes` is filled in when it is complete).
+    pub(super) fn new(filename: &str, purpose: &str) -> Self {
+        Self {
+            id: new_id("file"),
+            object: "file",
+            bytes: 0,
+            created_at: chrono::Utc::now().timestamp(),
+            filename: filename.to_string(),
+            purpose: purpose.to_string(),
+            status: "processed".into(),
+            status_details: None,
+        }
+    }
+
     fn from_row(r: &Row) -> rusqlite::Result<Self> {
         Ok(Self {
             id: r.get(0)?,
@@ -130,35 +146,50 @@ impl Store {
 
     // ---- files ----
 
-    /// Stores an upload: the contents are durable on disk before the row exists, and no file
-    /// is left behind if the row cannot be written.
+    /// Stores a file held in memory (uploads stream through [`super::upload::Upload`]).
     pub fn insert_file(&self, filename: &str, purpose: &str, data: &[u8]) -> Result<FileObject> {
-        let file = FileObject {
-            id: new_id("file"),
-            object: "file",
-            bytes: data.len() as u64,
-            created_at: chrono::Utc::now().timestamp(),
-            filename: filename.to_string(),
-            purpose: purpose.to_string(),
-            status: "processed".into(),
-            status_details: None,
-        };
-        let path = self.file_path(&file.id);
-        let tmp = self.files_dir.join(format!("{TMP_PREFIX}{}", file.id));
-        if let Err(e) = write_durably(&tmp, &path, data) {
+        let mut file = FileObject::new(filename, purpose);
+        file.bytes = data.len() as u64;
+        let tmp = self.upload_path(&file.id);
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.map_err(io(&tmp)).and_then(|()| self.commit_file(&file, &tmp)) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// Where the upload of file `id` is written until it is complete: never listed, and
+    /// removed at startup if a crash left it.
+    pub(super) fn upload_path(&self, id: &str) -> PathBuf {
+        self.files_dir.join(format!("{TMP_PREFIX}{id}"))
+    }
+
+    /// Makes `tmp`, complete and synced to disk, the contents of `file`, and records `file`.
+    /// The contents are in place before the row exists, and are removed if the row cannot be
+    /// written; `tmp` is the caller's to remove if this fails.
+    pub(super) fn commit_file(&self, file: &FileObject, tmp: &Path) -> Result<()> {
+        let path = self.file_path(&file.id);
+        fs::rename(tmp, &path).map_err(io(&path))?;
+        // The rename itself is durable only once the directory is synced (POSIX).
+        #[cfg(unix)]
+        if let Err(e) = fs::File::open(&self.files_dir).and_then(|d| d.sync_all()) {
+            let _ = fs::remove_file(&path);
+            return Err(io(&self.files_dir)(e));
         }
         let inserted = self.conn().execute(
             "INSERT INTO files (id, bytes, created_at, filename, purpose, status, status_details)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![file.id, data.len() as i64, file.created_at, file.filename, file.purpose, file.status, file.status_details],
+            params![file.id, file.bytes as i64, file.created_at, file.filename, file.purpose, file.status, file.status_details],
         );
         if let Err(e) = inserted {
             let _ = fs::remove_file(&path);
             return Err(e.into());
         }
-        Ok(file)
+        Ok(())
     }
 
     pub fn get_file(&self, id: &str) -> Result<Option<FileObject>> {
@@ -193,14 +224,18 @@ impl Store {
         self.files_dir.join(id)
     }
 
-    /// The contents of file `id`, `None` if there is no such file.
-    pub fn read_file(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    /// File `id`'s description and its contents opened for reading (a file deleted while it
+    /// is read stays readable through the handle); `None` if there is no such file.
+    pub fn open_file(&self, id: &str) -> Result<Option<(FileObject, fs::File)>> {
         // The row is checked first: `id` comes from a URL and must not name any other path.
-        if self.get_file(id)?.is_none() {
-            return Ok(None);
-        }
+        let Some(file) = self.get_file(id)? else { return Ok(None) };
         let path = self.file_path(id);
-        fs::read(&path).map(Some).map_err(io(&path))
+        match fs::File::open(&path) {
+            Ok(f) => Ok(Some((file, f))),
+            // Deleted since the row was read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Deletes file `id` (false: there was none). The row goes first, so a file is never
@@ -262,6 +297,15 @@ impl Store {
         let marks = vec!["?"; statuses.len()].join(", ");
         let sql = format!("SELECT body FROM jobs WHERE status IN ({marks}) ORDER BY created_at ASC, id ASC");
         Ok(self.bodies(&sql, params_from_iter(statuses), usize::MAX)?.0)
+    }
+
+    /// How many jobs have each status (statuses without jobs are absent).
+    pub fn job_counts(&self) -> Result<HashMap<String, usize>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let counts = rows.map(|r| r.map(|(s, n)| (s, usize::try_from(n).unwrap_or(0))));
+        Ok(counts.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---- events and checkpoints ----
@@ -349,22 +393,6 @@ fn migrate(conn: &mut Connection, db: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` to `tmp`, flushes it to disk and renames it to `path`, so `path` is either
-/// absent or complete, even across a power cut.
-fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(tmp).map_err(io(tmp))?;
-    f.write_all(data).map_err(io(tmp))?;
-    f.sync_all().map_err(io(tmp))?;
-    drop(f);
-    fs::rename(tmp, path).map_err(io(path))?;
-    // The rename itself is durable only once the directory is synced (POSIX).
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    }
-    Ok(())
-}
-
 /// Temporary files of uploads a crash interrupted: never listed, so only wasted space.
 fn remove_leftover_uploads(files_dir: &Path) {
     let Ok(entries) = fs::read_dir(files_dir) else { return };
@@ -387,6 +415,13 @@ mod tests {
         (dir, store)
     }
 
+    fn read(store: &Store, id: &str) -> Option<Vec<u8>> {
+        let (_, mut f) = store.open_file(id).unwrap()?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+        Some(data)
+    }
+
     fn ids(files: &[FileObject]) -> Vec<&str> {
         files.iter().map(|f| f.id.as_str()).collect()
     }
@@ -401,9 +436,9 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.get_file(&f.id).unwrap(), Some(f.clone()));
-        assert_eq!(store.read_file(&f.id).unwrap().as_deref(), Some(&b"{}\n"[..]));
+        assert_eq!(read(&store, &f.id).as_deref(), Some(&b"{}\n"[..]));
         assert_eq!(store.get_file("file-nope").unwrap(), None);
-        assert_eq!(store.read_file("../flint.db").unwrap(), None);
+        assert_eq!(read(&store, "../flint.db"), None);
     }
 
     #[test]
@@ -436,7 +471,7 @@ mod tests {
         assert!(store.delete_file(&f.id).unwrap());
         assert!(!path.exists());
         assert_eq!(store.get_file(&f.id).unwrap(), None);
-        assert_eq!(store.read_file(&f.id).unwrap(), None);
+        assert_eq!(read(&store, &f.id), None);
         assert!(!store.delete_file(&f.id).unwrap());
     }
 
@@ -475,6 +510,8 @@ mod tests {
         assert_eq!((page_ids(&p), more), (vec!["ftjob-b".into(), "ftjob-a".into()], false));
         assert!(store.update_job("ftjob-b", "running", &json!({"id": "ftjob-b", "status": "running"})).unwrap());
         assert!(!store.update_job("ftjob-x", "running", &json!({})).unwrap());
+        let counts = store.job_counts().unwrap();
+        assert_eq!((counts.get("queued"), counts.get("running"), counts.get("failed")), (Some(&3), Some(&1), None));
         assert_eq!(store.get_job("ftjob-b").unwrap().unwrap()["status"], "running");
         assert_eq!(store.get_job("ftjob-x").unwrap(), None);
         let active = store.jobs_with_status(&["queued", "running"]).unwrap();
