@@ -137,21 +137,24 @@ impl ModelConfig {
     /// untied LM head): what `/api/show` and the model list report, and with the dtype the
     /// weights' memory.
     pub fn num_parameters(&self) -> u64 {
+        // Saturating: the sizes come from config.json, and no real model comes near u64::MAX.
+        let m = u64::saturating_mul;
+        let sum = |xs: &[u64]| xs.iter().fold(0u64, |acc, &x| acc.saturating_add(x));
         let (h, i, d) = (self.hidden_size as u64, self.intermediate_size as u64, self.head_dim as u64);
-        let (q, kv) = (self.num_heads as u64 * d, self.num_kv_heads as u64 * d);
-        let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+        let (q, kv) = (m(self.num_heads as u64, d), m(self.num_kv_heads as u64, d));
+        let mut layer = sum(&[m(h, q), m(2, m(h, kv)), m(q, h), m(3, m(h, i)), m(2, h)]);
         if self.qkv_bias {
-            layer += q + 2 * kv;
+            layer = sum(&[layer, q, m(2, kv)]);
         }
         if self.o_bias {
-            layer += h;
+            layer = sum(&[layer, h]);
         }
         if self.qk_norm {
-            layer += 2 * d;
+            layer = sum(&[layer, m(2, d)]);
         }
-        let embed = self.vocab_size as u64 * h;
+        let embed = m(self.vocab_size as u64, h);
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        embed + head + h + self.num_layers as u64 * layer
+        sum(&[embed, head, h, m(self.num_layers as u64, layer)])
     }
 
     /// Reads and checks `config.json` at `path`.
@@ -165,8 +168,7 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` only names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text)
-            .map_err(|source| ModelError::Json { path: path.to_owned(), source })?;
+        let hf: HfConfig = ModelError::parse_json(text, path)?;
         let invalid = |field: &'static str, reason: String| ModelError::InvalidConfig {
             path: path.to_owned(),
             field,

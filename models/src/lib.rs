@@ -30,6 +30,11 @@ pub mod lora;
 pub mod source;
 pub mod train;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod test_support;
+
 pub use batch::{ForwardBatch, LogitsRows, SeqInput};
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};

@@ -104,7 +104,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_owned(), source })
+    ModelError::parse_json(&text, path)
 }
 
 pub(crate) fn read_generation_config(dir: &Path) -> Result<GenerationConfig> {

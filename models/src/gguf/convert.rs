@@ -103,10 +103,13 @@ pub(crate) fn plan_tensors<'f>(
             unpermute_heads,
         });
     }
-    let mut required = vec![
-        "token_embd.weight".to_string(),
-        "output_norm.weight".to_string(),
-    ];
+    for r in ["token_embd.weight", "output_norm.weight"] {
+        if !by_name.contains_key(r) {
+            return Err(missing(g, r));
+        }
+    }
+    // `n_layer` comes from the file: stop at the first missing tensor, so a hostile block
+    // count costs at most one pass over the tensors the file really has.
     for l in 0..p.n_layer {
         for s in [
             "attn_norm",
@@ -119,11 +122,11 @@ pub(crate) fn plan_tensors<'f>(
             "ffn_up",
             "ffn_down",
         ] {
-            required.push(format!("blk.{l}.{s}.weight"));
+            let r = format!("blk.{l}.{s}.weight");
+            if !by_name.contains_key(r.as_str()) {
+                return Err(missing(g, &r));
+            }
         }
-    }
-    if let Some(r) = required.iter().find(|r| !by_name.contains_key(r.as_str())) {
-        return Err(missing(g, r));
     }
     Ok(planned)
 }

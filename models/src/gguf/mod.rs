@@ -17,6 +17,8 @@ mod value;
 
 mod test_writer;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_reader;

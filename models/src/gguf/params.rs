@@ -75,6 +75,13 @@ impl LlamaParams {
                 format!("head dim {head_dim} must be even and positive"),
             ));
         }
+        // The projections have n_head × head_dim rows (n_head_kv <= n_head).
+        if n_head.checked_mul(head_dim).is_none() {
+            return Err(g.invalid(
+                "llama.attention.key_length",
+                format!("head dim {head_dim} × {n_head} heads overflows"),
+            ));
+        }
         if let Some(v) = g.opt_usize("llama.attention.value_length")? {
             if v != head_dim {
                 return Err(g.invalid(

@@ -272,9 +272,10 @@ fn ggml_type_name(id: u32) -> &'static str {
     }
 }
 
-type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
+pub(super) type Parsed = (u32, HashMap<String, Value>, Vec<TensorInfo>);
 
-fn parse(path: &Path, data: &[u8]) -> Result<Parsed, GgufError> {
+/// Parses a whole GGUF file held in `data`; `path` only names it in errors.
+pub(super) fn parse(path: &Path, data: &[u8]) -> Result<Parsed, GgufError> {
     let mut c = Cursor { data, pos: 0, path };
     let magic: [u8; 4] = c.bytes("magic")?;
     if magic != MAGIC {

@@ -6,8 +6,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+#[derive(Clone, Debug)]
 pub(crate) enum Meta {
     U32(u32),
+    U64(u64),
     I32(i32),
     F32(f32),
     Bool(bool),
@@ -102,6 +104,7 @@ impl GgufBuilder {
             put_str(&mut out, k);
             let (ty, body): (u32, Vec<u8>) = match v {
                 Meta::U32(x) => (4, x.to_le_bytes().to_vec()),
+                Meta::U64(x) => (10, x.to_le_bytes().to_vec()),
                 Meta::I32(x) => (5, x.to_le_bytes().to_vec()),
                 Meta::F32(x) => (6, x.to_le_bytes().to_vec()),
                 Meta::Bool(x) => (7, vec![*x as u8]),
