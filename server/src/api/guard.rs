@@ -100,7 +100,7 @@ impl Guard {
 
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = normalize_origin(origin);
-        if self.origins.iter().any(|o| *o == origin) {
+        if self.origins.contains(&origin) {
             return true;
         }
         // The server's own pages: same scheme-less authority as the Host they were served under.
