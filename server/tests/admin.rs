@@ -3,6 +3,7 @@
 //! `/health`, `/ready` and `/metrics`.
 
 mod common;
+mod registry_common;
 
 use std::{
     path::Path,
@@ -10,93 +11,14 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    body::Body,
-    http::{header, Request, StatusCode},
-    Router,
-};
+use axum::http::StatusCode;
 use common::*;
-use flint_engine::models::Device;
 use flint_server::{
-    api::{self, AppState, Served, ServerConfig},
-    cli::engine_args::EngineArgs,
-    registry::{Catalog, KeepAlive, Launch, Launcher, LoadRequest, ModelRegistry},
+    api::Served,
+    registry::{Catalog, Launch, Launcher, LoadRequest},
 };
+use registry_common::*;
 use serde_json::{json, Value};
-use tempfile::TempDir;
-
-const KEY: &str = "k";
-
-fn authed(req: Request<Body>) -> Request<Body> {
-    let (mut parts, body) = req.into_parts();
-    parts.headers.insert(header::AUTHORIZATION, format!("Bearer {KEY}").parse().unwrap());
-    Request::from_parts(parts, body)
-}
-
-async fn admin_get(app: &Router, uri: &str) -> Resp {
-    send(app, authed(get(uri))).await
-}
-
-async fn admin_post(app: &Router, uri: &str, body: Value) -> Resp {
-    send(app, authed(post(uri, &body))).await
-}
-
-fn launcher() -> Launcher {
-    let mut engine = EngineArgs::defaults();
-    engine.block_size = 4;
-    engine.kv_cache_memory = Some(4 << 20);
-    engine.max_num_seqs = 8;
-    Launcher {
-        engine,
-        device: Device::Cpu,
-        dtype: None,
-        lora: None,
-        convert_dir: std::env::temp_dir().join("flint-admin-test-converted"),
-        allow_download: false,
-        keep_alive: KeepAlive::Forever,
-    }
-}
-
-/// A `--model-root` holding copies of the tiny model as `a` and `b`, and a catalog naming `a`
-/// as `cat`.
-struct Setup {
-    app: Router,
-    state: Arc<AppState>,
-    root: TempDir,
-}
-
-fn setup_with(launch: Arc<dyn Launch>) -> Setup {
-    let root = tempfile::tempdir().unwrap();
-    let src = model_dir();
-    for name in ["a", "b"] {
-        let to = root.path().join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for f in std::fs::read_dir(src.path()).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
-        }
-    }
-    let catalog = Catalog::parse("[models.cat]\npath = \"a\"\nkeep_alive = \"10m\"\n", root.path()).unwrap();
-    let registry = Arc::new(ModelRegistry::new(Some(launch), catalog));
-    let cfg = ServerConfig { api_key: Some(KEY.into()), model_roots: vec![root.path().canonicalize().unwrap()], ..config() };
-    let state = AppState::with_registry(cfg, registry);
-    state.set_started();
-    Setup { app: api::router(state.clone()), state, root }
-}
-
-fn setup() -> Setup {
-    setup_with(Arc::new(launcher()))
-}
-
-/// A completion on `model` (authed), greedy.
-async fn complete(app: &Router, model: &str) -> Resp {
-    send(app, authed(post("/v1/completions", &completion(json!({"model": model}))))).await
-}
-
-async fn model_ids(app: &Router) -> Vec<String> {
-    let list = send(app, authed(get("/v1/models"))).await.ok();
-    list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
-}
 
 #[tokio::test]
 async fn admin_routes_need_a_key() {
@@ -124,7 +46,10 @@ async fn load_use_unload_and_switch() {
     assert_eq!(b["keep_alive_s"], Value::Null);
     let mem = &b["memory"];
     assert!(mem["weights_bytes"].as_u64().unwrap() > 0 && mem["kv_cache_bytes"].as_u64().unwrap() <= 2 << 20, "{mem}");
-    assert_eq!(mem["total_bytes"].as_u64(), Some(mem["weights_bytes"].as_u64().unwrap() + mem["kv_cache_bytes"].as_u64().unwrap()));
+    assert_eq!(
+        mem["total_bytes"].as_u64(),
+        Some(mem["weights_bytes"].as_u64().unwrap() + mem["kv_cache_bytes"].as_u64().unwrap())
+    );
 
     // Both answer, identically (the same weights), and both are listed.
     assert_eq!(model_ids(&s.app).await, ["a", "b"]);
@@ -132,7 +57,10 @@ async fn load_use_unload_and_switch() {
     assert_eq!(text(complete(&s.app, "a").await), text(complete(&s.app, "b:latest").await));
     let list = admin_get(&s.app, "/admin/models").await.ok();
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
-    assert_eq!(list["catalog"], json!([{"name": "cat", "source": s.root.path().join("a").display().to_string(), "loaded": false}]));
+    assert_eq!(
+        list["catalog"],
+        json!([{"name": "cat", "source": s.root.path().join("a").display().to_string(), "loaded": false}])
+    );
 
     // Unload: gone from the lists; its name is now unknown.
     let r = admin_post(&s.app, "/admin/models/unload", json!({"model": "b"})).await.ok();
@@ -208,8 +136,12 @@ async fn bad_load_requests_name_the_field() {
     // A name in use is a conflict; unloading an unknown model is a 404.
     load(json!({"model": "a", "wait": true})).await.ok();
     load(json!({"model": "b", "name": "a"})).await.error(StatusCode::CONFLICT, Some("name"));
-    admin_post(&s.app, "/admin/models/unload", json!({"model": "zz"})).await.error(StatusCode::NOT_FOUND, Some("model"));
-    admin_post(&s.app, "/admin/models/switch", json!({"from": "zz", "model": "b"})).await.error(StatusCode::NOT_FOUND, Some("from"));
+    admin_post(&s.app, "/admin/models/unload", json!({"model": "zz"}))
+        .await
+        .error(StatusCode::NOT_FOUND, Some("model"));
+    admin_post(&s.app, "/admin/models/switch", json!({"from": "zz", "model": "b"}))
+        .await
+        .error(StatusCode::NOT_FOUND, Some("from"));
     admin_post(&s.app, "/admin/models/switch", json!({"from": "a", "model": "b", "name": "a"}))
         .await
         .error(bad, Some("name"));
@@ -266,7 +198,10 @@ async fn a_loading_model_answers_503_and_others_keep_serving() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!((st["status"].as_str(), st["progress"]["phase"].as_str()), (Some("loading"), Some("waiting for the test")));
+    assert_eq!(
+        (st["status"].as_str(), st["progress"]["phase"].as_str()),
+        (Some("loading"), Some("waiting for the test"))
+    );
     let r = complete(&s.app, "b").await;
     let e = r.error(StatusCode::SERVICE_UNAVAILABLE, Some("model"));
     assert_eq!(e["code"], "model_loading");
@@ -299,7 +234,8 @@ async fn a_loading_model_answers_503_and_others_keep_serving() {
 async fn idle_models_are_unloaded_after_their_keep_alive() {
     let s = setup();
     s.state.registry.spawn_reaper(Duration::from_millis(50));
-    let r = admin_post(&s.app, "/admin/models/load", json!({"model": "a", "wait": true, "keep_alive": "1s"})).await.ok();
+    let r =
+        admin_post(&s.app, "/admin/models/load", json!({"model": "a", "wait": true, "keep_alive": "1s"})).await.ok();
     assert_eq!(r["keep_alive_s"], 1.0);
     assert!(r["expires_at"].is_string(), "{r}");
     admin_post(&s.app, "/admin/models/load", json!({"model": "b", "wait": true})).await.ok();
@@ -321,5 +257,8 @@ fn catalog_errors_name_the_file() {
     std::fs::write(&path, "[models.x]\ndtype = \"f32\"\n").unwrap();
     let e = Catalog::load(&path).unwrap_err().to_string();
     assert!(e.contains("models.toml") && e.contains("[models.x]"), "{e}");
-    assert!(Catalog::load(Path::new("/nonexistent/models.toml")).unwrap_err().to_string().contains("/nonexistent/models.toml"));
+    assert!(Catalog::load(Path::new("/nonexistent/models.toml"))
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/models.toml"));
 }

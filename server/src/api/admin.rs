@@ -23,10 +23,7 @@ use flint_engine::{models::parse_dtype, KvCacheBudget};
 use serde::Deserialize;
 
 use super::{error::ApiError, lora::confine, types::ErrorBody, AppState, JsonBody};
-use crate::{
-    cli::engine_args::parse_size,
-    registry::{check_model_name, KeepAlive, LoadOverrides, LoadRequest, ModelStatus, Source},
-};
+use crate::registry::{check_model_name, parse_size, KeepAlive, LoadOverrides, LoadRequest, ModelStatus, Source};
 
 /// `POST /admin/models/load`, and the new model of a switch.
 #[derive(Deserialize, Debug, utoipa::ToSchema)]
@@ -103,11 +100,16 @@ fn load_request(state: &AppState, body: &LoadModelRequest) -> Result<LoadRequest
     }
     match (&body.kv_cache_memory, body.gpu_memory_utilization) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("kv_cache_memory", "give `kv_cache_memory` or `gpu_memory_utilization`, not both"))
+            return Err(ApiError::invalid(
+                "kv_cache_memory",
+                "give `kv_cache_memory` or `gpu_memory_utilization`, not both",
+            ))
         }
         (Some(v), None) => {
             let bytes = match v {
-                serde_json::Value::Number(n) => n.as_u64().filter(|&b| b > 0).ok_or_else(|| format!("{n} is not a size in bytes")),
+                serde_json::Value::Number(n) => {
+                    n.as_u64().filter(|&b| b > 0).ok_or_else(|| format!("{n} is not a size in bytes"))
+                }
                 serde_json::Value::String(s) => parse_size(s),
                 other => Err(format!("expected a size like \"512MiB\" or bytes, got {other}")),
             }
@@ -189,7 +191,10 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(name): Path<String>) -
 /// Load a model: 202 with its `loading` status, or with `wait: true` its `ready` status.
 #[utoipa::path(post, path = "/admin/models/load", request_body = LoadModelRequest,
     responses((status = 202, body = ModelStatus), (status = 200, body = ModelStatus), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn load(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<LoadModelRequest>) -> Result<Response, ApiError> {
+pub async fn load(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<LoadModelRequest>,
+) -> Result<Response, ApiError> {
     let req = load_request(&state, &body)?;
     let name = req.name.clone();
     let status = state.registry.start_load(req)?;
@@ -204,7 +209,10 @@ pub async fn load(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<L
 /// Unload a model once its running requests are done.
 #[utoipa::path(post, path = "/admin/models/unload", request_body = UnloadModelRequest,
     responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn unload(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<UnloadModelRequest>) -> Result<Response, ApiError> {
+pub async fn unload(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<UnloadModelRequest>,
+) -> Result<Response, ApiError> {
     state.registry.unload(&body.model).await?;
     Ok(Json(serde_json::json!({"name": crate::registry::normalize(&body.model), "status": "unloaded"})).into_response())
 }
@@ -212,7 +220,10 @@ pub async fn unload(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody
 /// Load `to`, then unload `from`: 202 at once, or with `wait: true` when both are done.
 #[utoipa::path(post, path = "/admin/models/switch", request_body = SwitchModelRequest,
     responses((status = 202, body = ModelStatus), (status = 200, body = ModelStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn switch(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody<SwitchModelRequest>) -> Result<Response, ApiError> {
+pub async fn switch(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<SwitchModelRequest>,
+) -> Result<Response, ApiError> {
     let req = load_request(&state, &body.to)?;
     let name = req.name.clone();
     let status = state.registry.begin_switch(&body.from, req)?;
@@ -220,7 +231,7 @@ pub async fn switch(State(state): State<Arc<AppState>>, JsonBody(body): JsonBody
         let (registry, from) = (state.registry.clone(), body.from.clone());
         tokio::spawn(async move {
             if let Err(e) = registry.finish_switch(&from, &name).await {
-                tracing::error!(from = %from, to = %name, "switch failed, `{from}` stays: {}", e.message);
+                tracing::error!(from = %from, to = %name, "switch failed, `{from}` stays: {e}");
             }
         });
         return Ok((StatusCode::ACCEPTED, Json(status)).into_response());

@@ -9,6 +9,7 @@ use axum::{
 use flint_engine::{scheduler::AdmitError, EngineError};
 
 use super::types::{ErrorBody, ErrorDetail};
+use crate::registry::RegistryError;
 use crate::finetune::{store::StoreError, FineTuneError};
 
 /// An error response: status, OpenAI `type`, message, and the offending field.
@@ -183,6 +184,37 @@ impl From<EngineError> for ApiError {
             | EngineError::StepFailed(_)
             | EngineError::EngineFailed(_)
             | EngineError::Forward(_) => Self::internal(msg),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    /// The one mapping from registry errors to HTTP statuses.
+    fn from(e: RegistryError) -> Self {
+        let msg = e.to_string();
+        let unavailable = |code: &str, retry_after: Option<u64>| {
+            let mut a = Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg.clone());
+            a.param = Some("model".into());
+            a.code = Some(code.into());
+            a.retry_after = retry_after;
+            a
+        };
+        match e {
+            RegistryError::UnknownModel { .. } => {
+                let mut a = Self::new(StatusCode::NOT_FOUND, "not_found_error", msg);
+                a.param = Some("model".into());
+                a.code = Some("model_not_found".into());
+                a
+            }
+            RegistryError::NotLoaded { param, .. } => Self::not_found(msg).with_param(param),
+            RegistryError::Loading { .. } => unavailable("model_loading", Some(2)),
+            RegistryError::Unloading { .. } => unavailable("model_unavailable", None),
+            RegistryError::Failed { restarting, .. } => unavailable("model_failed", restarting.then_some(2)),
+            RegistryError::NameTaken { .. } => Self::conflict("name", msg),
+            RegistryError::Busy { param, .. } => Self::conflict(param, msg),
+            RegistryError::InvalidName(_) => Self::invalid("name", msg),
+            RegistryError::LoadingDisabled => Self::internal(msg),
+            RegistryError::ShuttingDown => Self::shutting_down(),
         }
     }
 }

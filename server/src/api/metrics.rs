@@ -329,6 +329,20 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             let _ = writeln!(body, "{name}{{status=\"{status}\"}} {n}");
         }
     }
+    let statuses = state.registry.statuses();
+    if !statuses.is_empty() {
+        // A failed engine and its restarts show on a dashboard without polling the admin routes.
+        let name = "flint_model_failed";
+        family(&mut body, name, "1 while the model is failed (its load, or its engine while serving).", "gauge");
+        for s in &statuses {
+            sample(&mut body, name, &label(&s.name), f64::from(u8::from(s.status == "failed")));
+        }
+        let name = "flint_model_engine_restarts";
+        family(&mut body, name, "Engine restarts after failures since the model was last loaded by hand.", "gauge");
+        for s in &statuses {
+            sample(&mut body, name, &label(&s.name), f64::from(s.restarts));
+        }
+    }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
 }
 

@@ -193,7 +193,7 @@ impl AppState {
         if self.shutting_down() {
             return Err(ApiError::shutting_down());
         }
-        self.registry.resolve(model)
+        Ok(self.registry.resolve(model)?)
     }
 
     pub fn begin_shutdown(&self) {

@@ -127,7 +127,10 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<Mode
 
 /// One model.
 #[utoipa::path(get, path = "/v1/models/{id}", responses((status = 200, body = ModelCard), (status = 404, body = ErrorBody)))]
-pub async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
     let (served, adapter) = state.resolve(&id)?;
     match adapter.and_then(|name| served.engine.adapters().into_iter().find(|a| a.name == name)) {
         Some(a) => Ok(Json(adapter_card(&served, &a))),
@@ -143,30 +146,40 @@ pub struct ModelQuery {
 }
 
 /// The process is alive; with `?model=`, that model's engine answers too (503 when it failed
-/// to load or its engine stopped, 404 when unknown).
+/// to load, its engine failed or stopped; 404 when unknown).
 #[utoipa::path(get, path = "/health", params(ModelQuery), responses((status = 200), (status = 503, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn health(State(state): State<Arc<AppState>>, Query(q): Query<ModelQuery>) -> Response {
     let Some(model) = q.model else { return StatusCode::OK.into_response() };
     let served = match state.registry.state(&model) {
         None => return ApiError::not_found(format!("no model named `{model}`")).with_param("model").into_response(),
-        Some(ModelState::Failed { reason, .. }) => {
-            return ApiError::model_unavailable(&model, &format!("failed to load: {reason}")).into_response()
+        Some(s @ ModelState::Failed { .. }) => {
+            return ApiError::from(s.refusal(&model).expect("a failed model is refused")).into_response()
         }
-        Some(ModelState::Ready(m) | ModelState::Unloading(m)) => m,
+        Some(ModelState::Ready(m)) => {
+            // A failure the watcher has not seen yet is noticed (and reported) here.
+            if let Err(e) = state.registry.resolve(&m.name) {
+                return ApiError::from(e).into_response();
+            }
+            m
+        }
+        Some(ModelState::Unloading(m)) => m,
         Some(s @ ModelState::Loading { .. }) => {
             return (StatusCode::OK, Json(serde_json::json!({"model": model, "status": s.label()}))).into_response()
         }
     };
     // The engine thread answers a stats query unless it died.
     match tokio::time::timeout(std::time::Duration::from_secs(5), served.engine.stats()).await {
-        Ok(Ok(_)) => (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response(),
+        Ok(Ok(_)) => {
+            (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response()
+        }
         Ok(Err(e)) => ApiError::model_unavailable(&served.name, &format!("has no running engine: {e}")).into_response(),
         Err(_) => ApiError::model_unavailable(&served.name, "did not answer within 5 s").into_response(),
     }
 }
 
-/// Requests are accepted: the models given at startup are loaded and one is ready (503 before
-/// and while shutting down). With `?model=`, that model is ready (503 with its state otherwise).
+/// Requests are accepted: the models given at startup are loaded, one is ready, and none has
+/// failed while serving (503 before, while shutting down, and while a failed model is not back:
+/// failed or restarting). With `?model=`, that model is ready (503 with its state otherwise).
 #[utoipa::path(get, path = "/ready", params(ModelQuery), responses((status = 200), (status = 503, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn ready(State(state): State<Arc<AppState>>, Query(q): Query<ModelQuery>) -> Response {
     if state.shutting_down() {
@@ -174,12 +187,20 @@ pub async fn ready(State(state): State<Arc<AppState>>, Query(q): Query<ModelQuer
     }
     if let Some(model) = q.model {
         return match state.resolve(&model) {
-            Ok((served, _)) => (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response(),
+            Ok((served, _)) => {
+                (StatusCode::OK, Json(serde_json::json!({"model": served.name, "status": "ready"}))).into_response()
+            }
             Err(e) => e.into_response(),
         };
     }
+    if !state.started() {
+        return ApiError::not_ready().into_response();
+    }
+    if let Some(e) = state.registry.unhealthy().into_iter().next() {
+        return ApiError::from(e).into_response();
+    }
     let models: Vec<String> = state.registry.ready().iter().map(|m| m.name.clone()).collect();
-    if !state.started() || models.is_empty() {
+    if models.is_empty() {
         return ApiError::not_ready().into_response();
     }
     (StatusCode::OK, Json(serde_json::json!({"status": "ready", "models": models}))).into_response()

@@ -170,26 +170,8 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `2GiB`, `512MiB`, `1.5G`, `100k`, `4096` → bytes (binary units, as vLLM's `--kv-cache-memory`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 2GiB or 512MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB or TiB)")),
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(format!("`{s}` is not a usable size"));
-    }
-    Ok(bytes as u64)
-}
+/// Sizes are parsed where catalog entries and load requests are checked too.
+pub use crate::registry::parse_size;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! `flint serve`: the HTTP server (OpenAI, Ollama and admin routes). It listens at once
 //! (`/health` answers, `/ready` is 503) while the models load, then serves; SIGTERM/SIGINT stop
-//! new requests and let in-flight ones finish before the process exits. Each `--model` (a
+//! new requests and let in-flight ones finish, for `--shutdown-timeout` at most: then the
+//! engines are stopped under what still runs and the process exits. Each `--model` (a
 //! directory, a GGUF file, a Hugging Face id or a catalog name) and each catalog entry with
 //! `load = true` is loaded at startup; startup fails if one cannot be. `--lora` adapters go on
 //! the first model and are loaded before the server reports ready.
@@ -14,12 +15,14 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use flint_engine::models::parse_dtype;
+use flint_engine::models::{parse_dtype, LoadOptions};
 
-use super::engine_args::{EngineArgs, LoraArgs};
+use super::engine_args::{EngineArgs, LoraArgs, LoraModule};
 use crate::{
     api::{self, lora::check_name, AppState, ServerConfig},
-    registry::{check_model_name, Catalog, KeepAlive, Launcher, LoadOverrides, LoadRequest, ModelRegistry, Source},
+    registry::{
+        check_model_name, Catalog, KeepAlive, LaunchSettings, Launcher, LoadOverrides, LoadRequest, ModelRegistry, Source,
+    },
 };
 
 #[derive(Args, Debug)]
@@ -47,9 +50,18 @@ pub struct ServeArgs {
     /// Largest file upload, e.g. `512MiB`.
     #[arg(long, env = "FLINT_MAX_UPLOAD_BYTES", default_value = "512MiB", value_parser = super::engine_args::parse_size)]
     pub max_upload_bytes: u64,
-    /// Longest an unload waits for the model's running requests, in seconds.
+    /// Longest an unload waits for the model's running requests, in seconds; then its engine
+    /// is stopped under them (they end with an error) and its memory freed.
     #[arg(long, env = "FLINT_UNLOAD_DRAIN_TIMEOUT", default_value_t = 60.0)]
     pub unload_drain_timeout: f64,
+    /// Restarts of a model whose engine failed (a panic, a failed step) before it stays
+    /// `failed` until loaded again by hand; 0: never restarted.
+    #[arg(long, env = "FLINT_MAX_ENGINE_RESTARTS", default_value_t = crate::registry::DEFAULT_MAX_RESTARTS)]
+    pub max_engine_restarts: u32,
+    /// On SIGTERM or SIGINT, seconds the running requests get to finish; then the engines are
+    /// stopped under them and the process exits, within this time whatever still runs.
+    #[arg(long, env = "FLINT_SHUTDOWN_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub shutdown_timeout: Duration,
     /// Address to bind (use 0.0.0.0 to accept connections from other machines).
     #[arg(long, env = "FLINT_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -93,8 +105,15 @@ pub struct ServeArgs {
 
 pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
+    let result = runtime.block_on(serve(args));
+    // Work the shutdown cut off (a blocking task, a load, an engine thread that did not stop)
+    // does not hold the exit up.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
+
+/// What the runtime gets to wind down after `serve` returned.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The flags that decide who may call are checked before anything loads.
@@ -115,16 +134,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Catalog::load(path)?,
         None => Catalog::default(),
     };
-    let launcher = Launcher {
-        engine: args.engine.clone(),
-        device: super::run::device()?,
-        dtype,
-        // Fine-tuned adapters are served through LoRA slots.
-        lora: args.lora.settings().or(args.data_dir.as_ref().map(|_| Default::default())),
+    // Each load puts its own model directory (and per-model options) into this template.
+    let mut template = args.engine.config(Path::new(""), LoadOptions { device: super::run::device()?, dtype });
+    // Fine-tuned adapters are served through LoRA slots.
+    template.lora = args.lora.settings().or(args.data_dir.as_ref().map(|_| Default::default()));
+    let settings = LaunchSettings {
         convert_dir: super::flint_home().join("converted"),
         allow_download: true,
         keep_alive: args.keep_alive,
     };
+    let launcher = Launcher::new(template, settings);
     let startup = startup_models(&args, &catalog)?;
     let lora_dir = match &args.lora.lora_dir {
         Some(d) if !d.is_dir() => anyhow::bail!("--lora-dir {} is not a directory", d.display()),
@@ -145,6 +164,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--unload-drain-timeout must be >= 0 seconds");
     }
     registry.drain_timeout = Duration::from_secs_f64(args.unload_drain_timeout);
+    registry.max_restarts = args.max_engine_restarts;
     let registry = Arc::new(registry);
     let state = AppState::build(
         ServerConfig {
@@ -169,29 +189,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("listening on http://{addr} (loading {})", names.join(", "));
 
     let app = api::router(state.clone());
-    let server = tokio::spawn({
-        let state = state.clone();
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+    let mut server = tokio::spawn({
+        let (state, signal) = (state.clone(), signal_rx.clone());
         async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
-                    shutdown_signal().await;
-                    tracing::info!("shutting down: finishing in-flight requests");
+                    signalled(signal).await;
                     state.begin_shutdown();
                 })
                 .await
         }
     });
 
-    for req in &startup {
-        registry.start_load(req.clone()).map_err(|e| anyhow::anyhow!("{}: {}", req.name, e.message))?;
+    // A signal while the models load ends the startup too.
+    let startup_done = tokio::select! {
+        r = start_models(&state, &startup, adapters) => Some(r),
+        () = signalled(signal_rx.clone()) => None,
+    };
+    if let Some(r) = startup_done {
+        r?;
+        tracing::info!("ready: serving {} at http://{addr}/v1 (Ollama API at http://{addr}/api)", names.join(", "));
+        tokio::select! {
+            r = &mut server => {
+                r.context("the server task failed")?.context("the HTTP server failed")?;
+                return Ok(());
+            }
+            () = signalled(signal_rx.clone()) => {}
+        }
     }
-    for req in &startup {
+    shut_down(&state, server, args.shutdown_timeout).await;
+    Ok(())
+}
+
+/// Loads the startup models and the `--lora` adapters (on the first), restores trained
+/// adapters, and marks the server started.
+async fn start_models(state: &Arc<AppState>, startup: &[LoadRequest], adapters: Vec<LoraModule>) -> anyhow::Result<()> {
+    let registry = &state.registry;
+    for req in startup {
+        registry.start_load(req.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", req.name))?;
+    }
+    for req in startup {
         registry
             .wait_ready(&req.name)
             .await
-            .map_err(|e| anyhow::anyhow!("model `{}` ({}): {}", req.name, req.source, e.message))?;
+            .map_err(|e| anyhow::anyhow!("model `{}` ({}): {e}", req.name, req.source))?;
     }
-    let first = registry.wait_ready(&startup[0].name).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let first = registry.wait_ready(&startup[0].name).await?;
     for m in adapters {
         first
             .engine
@@ -206,9 +254,50 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     registry.spawn_reaper(Duration::from_secs(1));
     state.set_started();
-    tracing::info!("ready: serving {} at http://{addr}/v1 (Ollama API at http://{addr}/api)", names.join(", "));
-    server.await.context("the server task failed")?.context("the HTTP server failed")?;
     Ok(())
+}
+
+/// After SIGTERM/SIGINT (the server already refuses new requests): running requests get until
+/// `timeout` less a grace to finish; then every engine is stopped (what still runs ends with a
+/// shutdown error) and the connections left are cut at `timeout`.
+async fn shut_down(state: &Arc<AppState>, mut server: tokio::task::JoinHandle<std::io::Result<()>>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Stopping the engines and closing the connections take a moment of the budget.
+    let grace = (timeout / 4).min(Duration::from_secs(2));
+    let running = || state.registry.ready().iter().map(|m| m.active()).sum::<usize>();
+    tracing::info!(requests = running(), "shutting down: finishing in-flight requests (at most {:.0} s)", timeout.as_secs_f64());
+    let mut finished = tokio::time::timeout_at(deadline - grace, &mut server).await.is_ok();
+    if !finished {
+        tracing::warn!(requests = running(), "shutdown timeout: stopping the engines under the requests still running");
+    }
+    let stopped = state.registry.stop_all(grace / 2).await;
+    if !finished {
+        finished = tokio::time::timeout_at(deadline, &mut server).await.is_ok();
+    }
+    if !finished {
+        tracing::warn!("shutdown timeout: closing the connections still open");
+        server.abort();
+    }
+    if !stopped {
+        // Dropping the last handle of an engine joins its thread, which did not stop: keep one
+        // so nothing waits on it; the process exit ends it.
+        std::mem::forget(state.registry.clone());
+    }
+    tracing::info!("stopped");
+}
+
+/// `--shutdown-timeout`: seconds, >= 0.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=1e9).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("`{s}` is not a number of seconds >= 0")),
+    }
+}
+
+/// Resolves once `rx` says a shutdown signal came.
+async fn signalled(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // The sender lives as long as the process waits for signals.
+    let _ = rx.wait_for(|&s| s).await;
 }
 
 /// What to load at startup: each `--model` (a catalog name, or a directory / .gguf file / Hub

@@ -1,6 +1,8 @@
 //! Starting an engine for a [`LoadRequest`]: where the weights come from ([`Source`]), the
-//! per-model options ([`LoadOverrides`]) over the server's engine flags, and GGUF conversion.
-//! [`Launch`] is the seam the registry loads through, so tests can hold a load mid-way.
+//! per-model options ([`LoadOverrides`]) over the server's engine configuration (a template
+//! [`EngineConfig`] plus [`LaunchSettings`], both filled by `flint serve` from its flags), and
+//! GGUF conversion. [`Launch`] is the seam the registry loads through, so tests can hold a
+//! load mid-way or make it fail.
 
 use std::{
     hash::{Hash, Hasher},
@@ -12,13 +14,13 @@ use flint_engine::{
     models::{
         gguf::{self, ConvertOptions, OutDType},
         source::{self, ModelRef, ResolveOptions},
-        DType, Device, LoadOptions,
+        DType,
     },
-    EngineConfig, EngineHandle, KvCacheBudget, LoraSettings,
+    EngineConfig, EngineHandle, KvCacheBudget,
 };
 
 use super::{KeepAlive, Served};
-use crate::{chat_template::ChatTemplate, cli::engine_args::EngineArgs};
+use crate::chat_template::ChatTemplate;
 
 /// Where a model's weights come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,14 +67,9 @@ pub trait Launch: Send + Sync {
     fn launch(&self, req: &LoadRequest, progress: &dyn Fn(&'static str)) -> anyhow::Result<Served>;
 }
 
-/// The real launcher: the server's engine flags, device and LoRA settings, and where GGUF
-/// conversions are kept.
-pub struct Launcher {
-    pub engine: EngineArgs,
-    pub device: Device,
-    /// `--dtype`; a model's own `dtype` option wins.
-    pub dtype: Option<DType>,
-    pub lora: Option<LoraSettings>,
+/// What loading needs beyond the engine configuration.
+#[derive(Clone, Debug)]
+pub struct LaunchSettings {
     /// Converted GGUF models live here, one directory per source file.
     pub convert_dir: PathBuf,
     /// Whether `Source::Hub` may download (startup yes; runtime loads only use the cache).
@@ -81,12 +78,25 @@ pub struct Launcher {
     pub keep_alive: KeepAlive,
 }
 
+/// The real launcher: the server's engine configuration as a template (its `model_dir` is
+/// replaced by each load's) and the [`LaunchSettings`].
+pub struct Launcher {
+    pub template: EngineConfig,
+    pub settings: LaunchSettings,
+}
+
 impl Launcher {
-    /// The engine configuration for `dir` with `o` over the server's flags.
+    pub fn new(template: EngineConfig, settings: LaunchSettings) -> Self {
+        Self { template, settings }
+    }
+
+    /// The engine configuration for `dir`: the template with `o` over it.
     pub fn engine_config(&self, dir: &Path, o: &LoadOverrides) -> EngineConfig {
-        let load = LoadOptions { device: self.device.clone(), dtype: o.dtype.or(self.dtype) };
-        let mut cfg = self.engine.config(dir, load);
-        cfg.lora = self.lora;
+        let mut cfg = self.template.clone();
+        cfg.model_dir = dir.to_owned();
+        if let Some(d) = o.dtype {
+            cfg.load.dtype = Some(d);
+        }
         if let Some(m) = o.max_model_len {
             cfg.max_model_len = Some(m);
         }
@@ -102,20 +112,27 @@ impl Launcher {
             Source::Hub(r) => {
                 progress("resolving");
                 let r: ModelRef = r.parse()?;
-                let opts = ResolveOptions { allow_download: self.allow_download, progress: false };
+                let opts = ResolveOptions { allow_download: self.settings.allow_download, progress: false };
                 Ok(source::resolve(&r, &opts)?)
             }
             Source::Gguf(file) => {
-                let out = self.convert_dir.join(converted_name(file)?);
+                let convert_dir = &self.settings.convert_dir;
+                let out = convert_dir.join(converted_name(file)?);
                 if out.join("config.json").is_file() {
                     return Ok(out);
                 }
                 progress("converting");
-                std::fs::create_dir_all(&self.convert_dir)
-                    .with_context(|| format!("cannot create {}", self.convert_dir.display()))?;
+                std::fs::create_dir_all(convert_dir)
+                    .with_context(|| format!("cannot create {}", convert_dir.display()))?;
                 let opts = ConvertOptions { dtype: OutDType::F32, progress: false };
-                let report = gguf::convert(file, &out, &opts).with_context(|| format!("converting {}", file.display()))?;
-                tracing::info!("converted {} into {} ({} tensors)", file.display(), report.out_dir.display(), report.tensors);
+                let report =
+                    gguf::convert(file, &out, &opts).with_context(|| format!("converting {}", file.display()))?;
+                tracing::info!(
+                    "converted {} into {} ({} tensors)",
+                    file.display(),
+                    report.out_dir.display(),
+                    report.tensors
+                );
                 Ok(out)
             }
         }
@@ -134,7 +151,7 @@ impl Launch for Launcher {
         }
         let mut served = Served::new(engine, req.name.clone(), template);
         served.source = req.source.to_string();
-        served.set_keep_alive(req.keep_alive.unwrap_or(self.keep_alive));
+        served.set_keep_alive(req.keep_alive.unwrap_or(self.settings.keep_alive));
         Ok(served)
     }
 }

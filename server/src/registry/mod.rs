@@ -3,34 +3,47 @@
 //! - [`ModelRegistry`]: the one owner of which models exist and in what state
 //!   ([`ModelState`]: loading, ready, failed, unloading). Loads run on blocking threads and never
 //!   hold the registry's lock, so requests to other models go on; a request to a model that is
-//!   loading gets 503. Unloading waits for the model's requests to finish (up to a drain time);
-//!   [`ModelRegistry::switch`] loads the new model before unloading the old, so one of them
+//!   loading is refused with [`RegistryError::Loading`]. Unloading waits for the model's
+//!   requests to finish (up to a drain time), then stops its engine whoever still holds it;
+//!   [`ModelRegistry::begin_switch`] loads the new model before unloading the old, so one of them
 //!   always answers. A reaper unloads models idle past their [`KeepAlive`].
+//! - Supervision (`supervise`): a model whose engine panicked or failed a step becomes `failed`
+//!   with the reason and is restarted from the same [`LoadRequest`] a bounded number of times.
 //! - [`Served`]: one ready model (engine, name, chat template, idle clock).
-//! - [`launch`]: how a [`LoadRequest`] becomes a [`Served`] ([`Launch`], [`Launcher`]);
-//!   [`catalog`]: the TOML catalog of friendly names ([`Catalog`]).
+//! - [`launch`]: how a [`LoadRequest`] becomes a [`Served`] ([`Launch`], [`Launcher`] over an
+//!   engine configuration template and [`LaunchSettings`]); [`catalog`]: the TOML catalog of
+//!   friendly names ([`Catalog`]).
+//! - [`RegistryError`]: every refusal, mapped to HTTP once, in `api::error`; [`ModelStatus`]:
+//!   what the admin routes report.
 //!
 //! Names `x` and `x:latest` are the same model ([`normalize`]), as in Ollama.
 
 pub mod catalog;
+mod error;
 mod keep_alive;
 pub mod launch;
 mod served;
+mod status;
+mod supervise;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
-pub use catalog::{Catalog, CatalogEntry};
+pub use catalog::{parse_size, Catalog, CatalogEntry};
+pub use error::{FailedWhile, RegistryError};
 pub use keep_alive::KeepAlive;
-pub use launch::{Launch, Launcher, LoadOverrides, LoadRequest, Source};
+pub use launch::{Launch, LaunchSettings, Launcher, LoadOverrides, LoadRequest, Source};
 pub use served::Served;
-use serde::Serialize;
+pub use status::{LoadProgress, MemoryUse, ModelStatus};
+pub use supervise::{DEFAULT_MAX_RESTARTS, ENGINE_JOIN_TIMEOUT, FAILURE_POLL};
 use tokio::sync::watch;
-
-use crate::api::ApiError;
 
 /// `x:latest` → `x` (Ollama's default tag); other names unchanged.
 pub fn normalize(name: &str) -> &str {
@@ -52,10 +65,21 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
 /// Where a model is in its life.
 #[derive(Clone)]
 pub enum ModelState {
-    Loading { phase: Arc<Mutex<&'static str>>, since: Instant, source: String },
+    Loading {
+        phase: Arc<Mutex<&'static str>>,
+        since: Instant,
+        source: String,
+    },
     Ready(Arc<Served>),
-    Failed { reason: String, source: String },
-    /// Draining its requests before the engine stops; new requests get 503.
+    /// Its load failed, or its engine did while serving; `restarting`: the registry is about
+    /// to start it again.
+    Failed {
+        reason: String,
+        source: String,
+        during: FailedWhile,
+        restarting: bool,
+    },
+    /// Draining its requests before the engine stops; new requests are refused.
     Unloading(Arc<Served>),
 }
 
@@ -68,110 +92,57 @@ impl ModelState {
             Self::Unloading(_) => "unloading",
         }
     }
-}
 
-/// One model as the admin routes report it.
-#[derive(Serialize, Debug, Clone, utoipa::ToSchema)]
-pub struct ModelStatus {
-    pub name: String,
-    /// `loading`, `ready`, `failed` or `unloading`.
-    pub status: &'static str,
-    pub source: String,
-    /// Why loading failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<LoadProgress>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<MemoryUse>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_model_len: Option<usize>,
-    /// Unix time loading finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loaded_at: Option<i64>,
-    /// Seconds an idle model stays loaded; `null`: until unloaded by hand.
-    pub keep_alive_s: Option<f64>,
-    /// When the idle unload comes (RFC 3339); absent when never or while requests run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    pub active_requests: usize,
-    /// Loaded LoRA adapters (served by name).
-    pub adapters: Vec<String>,
-}
-
-/// What a load is doing.
-#[derive(Serialize, Debug, Clone, utoipa::ToSchema)]
-pub struct LoadProgress {
-    /// `queued`, `resolving`, `converting` (GGUF), `loading weights`.
-    pub phase: String,
-    pub elapsed_s: f64,
-}
-
-/// Device memory a model holds.
-#[derive(Serialize, Debug, Clone, utoipa::ToSchema)]
-pub struct MemoryUse {
-    pub weights_bytes: u64,
-    pub kv_cache_bytes: u64,
-    pub total_bytes: u64,
-}
-
-fn status_of(name: &str, state: &ModelState) -> ModelStatus {
-    let mut s = ModelStatus {
-        name: name.to_owned(),
-        status: state.label(),
-        source: String::new(),
-        error: None,
-        progress: None,
-        memory: None,
-        dtype: None,
-        max_model_len: None,
-        loaded_at: None,
-        keep_alive_s: None,
-        expires_at: None,
-        active_requests: 0,
-        adapters: Vec::new(),
-    };
-    match state {
-        ModelState::Loading { phase, since, source } => {
-            s.source = source.clone();
-            let phase = *phase.lock().unwrap_or_else(|p| p.into_inner());
-            s.progress = Some(LoadProgress { phase: phase.into(), elapsed_s: since.elapsed().as_secs_f64() });
-        }
-        ModelState::Failed { reason, source } => {
-            s.source = source.clone();
-            s.error = Some(reason.clone());
-        }
-        ModelState::Ready(m) | ModelState::Unloading(m) => {
-            let info = m.engine.info();
-            s.source = m.source.clone();
-            s.memory = Some(MemoryUse {
-                weights_bytes: info.weight_bytes,
-                kv_cache_bytes: info.kv_cache_bytes,
-                total_bytes: m.memory_bytes(),
-            });
-            s.dtype = Some(info.dtype.clone());
-            s.max_model_len = Some(info.max_model_len);
-            s.loaded_at = Some(m.created);
-            s.keep_alive_s = m.keep_alive().as_secs();
-            s.expires_at = m.expires_at().map(|t| t.to_rfc3339());
-            s.active_requests = m.active();
-            s.adapters = m.engine.adapters().into_iter().map(|a| a.name).collect();
+    /// Why a request to `name` cannot be served now (`None`: it is ready).
+    pub fn refusal(&self, name: &str) -> Option<RegistryError> {
+        let name = name.to_owned();
+        match self {
+            Self::Ready(_) => None,
+            Self::Loading { phase, since, .. } => {
+                let phase = *phase.lock().unwrap_or_else(|p| p.into_inner());
+                Some(RegistryError::Loading { name, phase, elapsed: since.elapsed() })
+            }
+            Self::Unloading(_) => Some(RegistryError::Unloading { name }),
+            Self::Failed { reason, during, restarting, .. } => {
+                Some(RegistryError::Failed { name, during: *during, reason: reason.clone(), restarting: *restarting })
+            }
         }
     }
-    s
+}
+
+/// One name's entry: its state and what supervision needs.
+struct Entry {
+    state: ModelState,
+    /// How it was loaded, to restart it the same way; `None` for [`ModelRegistry::install`]ed
+    /// models, which cannot be restarted.
+    recipe: Option<LoadRequest>,
+    /// Engine restarts after failures since it was last loaded by hand.
+    restarts: u32,
+    /// LoRA adapters (name, directory) a failed engine served, loaded into the restarted one
+    /// before it serves.
+    adapters: Vec<(String, PathBuf)>,
+    /// Which load this entry is: background work (a finishing load, a restart) only touches
+    /// the entry of its own load, not one that replaced it meanwhile.
+    load_id: u64,
 }
 
 /// Every model the server knows, by name; see the module docs.
 pub struct ModelRegistry {
-    models: Mutex<BTreeMap<String, ModelState>>,
+    models: Mutex<BTreeMap<String, Entry>>,
     /// Bumped on every state change; waiters watch it.
     changed: watch::Sender<u64>,
     launcher: Option<Arc<dyn Launch>>,
     catalog: Catalog,
-    /// Longest an unload waits for the model's requests before stopping its engine.
+    next_load: AtomicU64,
+    /// Set by [`Self::stop_all`]: nothing is loaded or restarted any more.
+    closing: AtomicBool,
+    /// Longest an unload waits for the model's requests before stopping its engine
+    /// (`--unload-drain-timeout`).
     pub drain_timeout: Duration,
+    /// Restarts of a failed engine before the model stays failed (`--max-engine-restarts`).
+    pub max_restarts: u32,
+    /// Wait before the first restart; doubled for each further one.
+    pub restart_backoff: Duration,
 }
 
 impl ModelRegistry {
@@ -183,34 +154,54 @@ impl ModelRegistry {
             changed: watch::channel(0).0,
             launcher,
             catalog,
+            next_load: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
             drain_timeout: Duration::from_secs(60),
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_backoff: Duration::from_secs(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ModelState>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set(&self, name: &str, state: Option<ModelState>) {
-        {
-            let mut m = self.lock();
-            match state {
-                Some(s) => m.insert(name.to_owned(), s),
-                None => m.remove(name),
-            };
-        }
+    fn notify(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Applies `f` to `name`'s entry if it is still the entry of load `load_id`; tells the
+    /// waiters when it did.
+    fn update<T>(&self, name: &str, load_id: u64, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let out = {
+            let mut models = self.lock();
+            let entry = models.get_mut(name).filter(|e| e.load_id == load_id)?;
+            f(entry)
+        };
+        self.notify();
+        Some(out)
     }
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
-    /// Serves an already loaded model (startup in tests; replaces any entry of that name).
-    pub fn install(&self, served: Served) -> Arc<Served> {
+    /// Serves an already loaded model (startup in tests; replaces any entry of that name). It is
+    /// supervised, but cannot be restarted: there is no load to repeat.
+    pub fn install(self: &Arc<Self>, served: Served) -> Arc<Served> {
         let name = served.name.clone();
         let served = Arc::new(served);
-        self.set(&name, Some(ModelState::Ready(served.clone())));
+        let load_id = self.next_load.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            state: ModelState::Ready(served.clone()),
+            recipe: None,
+            restarts: 0,
+            adapters: Vec::new(),
+            load_id,
+        };
+        self.lock().insert(name.clone(), entry);
+        self.notify();
+        self.watch(&name, load_id, &served);
         served
     }
 
@@ -218,7 +209,7 @@ impl ModelRegistry {
     pub fn ready(&self) -> Vec<Arc<Served>> {
         self.lock()
             .values()
-            .filter_map(|s| match s {
+            .filter_map(|e| match &e.state {
                 ModelState::Ready(m) => Some(m.clone()),
                 _ => None,
             })
@@ -226,147 +217,180 @@ impl ModelRegistry {
     }
 
     pub fn statuses(&self) -> Vec<ModelStatus> {
-        self.lock().iter().map(|(n, s)| status_of(n, s)).collect()
+        self.lock().iter().map(|(n, e)| status::status_of(n, &e.state, e.restarts)).collect()
     }
 
     pub fn status(&self, name: &str) -> Option<ModelStatus> {
         let name = normalize(name);
-        self.lock().get(name).map(|s| status_of(name, s))
+        self.lock().get(name).map(|e| status::status_of(name, &e.state, e.restarts))
     }
 
     pub fn state(&self, name: &str) -> Option<ModelState> {
-        self.lock().get(normalize(name)).cloned()
+        self.lock().get(normalize(name)).map(|e| e.state.clone())
     }
 
     /// The model a request's `model` names: a served model (`None` adapter) or a LoRA adapter
-    /// of one (`Some(name)`). 503 while it loads or unloads, or when its load failed; 404
-    /// naming what is served otherwise.
-    pub fn resolve(&self, model: &str) -> Result<(Arc<Served>, Option<String>), ApiError> {
+    /// of one (`Some(name)`). Refused while it loads or unloads and when it failed;
+    /// [`RegistryError::UnknownModel`] naming what is served otherwise.
+    pub fn resolve(self: &Arc<Self>, model: &str) -> Result<(Arc<Served>, Option<String>), RegistryError> {
         let name = normalize(model);
+        let found = {
+            let models = self.lock();
+            match models.get(name) {
+                Some(e) => match &e.state {
+                    ModelState::Ready(m) => Some((m.clone(), None, e.load_id)),
+                    other => return Err(other.refusal(name).expect("only a ready model is served")),
+                },
+                None => models.values().find_map(|e| match &e.state {
+                    ModelState::Ready(m) if m.has_adapter(model) => {
+                        Some((m.clone(), Some(model.to_owned()), e.load_id))
+                    }
+                    _ => None,
+                }),
+            }
+        };
+        if let Some((served, adapter, load_id)) = found {
+            // An engine that died since the last look is noticed here too, not only by its
+            // watcher: no request is sent to it.
+            if let Some(e) = self.check_engine(&served.name, load_id, &served) {
+                return Err(e);
+            }
+            return Ok((served, adapter));
+        }
         let models = self.lock();
-        if let Some(state) = models.get(name) {
-            return match state {
-                ModelState::Ready(m) => Ok((m.clone(), None)),
-                ModelState::Loading { phase, since, .. } => {
-                    let phase = *phase.lock().unwrap_or_else(|p| p.into_inner());
-                    Err(ApiError::model_loading(name, phase, since.elapsed()))
-                }
-                ModelState::Unloading(_) => Err(ApiError::model_unavailable(name, "is being unloaded")),
-                ModelState::Failed { reason, .. } => {
-                    Err(ApiError::model_unavailable(name, &format!("failed to load: {reason}")))
-                }
-            };
-        }
-        for state in models.values() {
-            if let ModelState::Ready(m) = state {
-                if m.has_adapter(model) {
-                    return Ok((m.clone(), Some(model.to_owned())));
-                }
+        let mut served: Vec<String> = Vec::new();
+        for (n, e) in models.iter() {
+            if let ModelState::Ready(m) = &e.state {
+                served.push(n.clone());
+                served.extend(m.engine.adapters().into_iter().map(|a| a.name));
             }
         }
-        let mut names: Vec<String> = Vec::new();
-        for (n, state) in models.iter() {
-            if let ModelState::Ready(m) = state {
-                names.push(n.clone());
-                names.extend(m.engine.adapters().into_iter().map(|a| a.name));
-            }
-        }
-        let mut e = ApiError::model_not_found(model, &names);
-        if self.catalog.get(name).is_some() {
-            e.message.push_str(&format!("; `{name}` is in the catalog but not loaded: load it with POST /admin/models/load"));
-        }
-        Err(e)
+        Err(RegistryError::UnknownModel {
+            name: model.to_owned(),
+            served,
+            in_catalog: self.catalog.get(name).is_some(),
+        })
     }
 
-    /// Starts loading `req` in the background and returns its status at once. 409 when the
-    /// name is taken by a model that is not in `failed` (a failed one is replaced).
-    pub fn start_load(self: &Arc<Self>, req: LoadRequest) -> Result<ModelStatus, ApiError> {
-        let launcher = self
-            .launcher
-            .clone()
-            .ok_or_else(|| ApiError::internal("this server cannot load models at runtime"))?;
-        check_model_name(&req.name).map_err(|m| ApiError::invalid("name", m))?;
-        let phase = Arc::new(Mutex::new("queued"));
+    /// Starts loading `req` in the background and returns its status at once. Refused when
+    /// the name is taken by a model that is not `failed` (a failed one is replaced, and its
+    /// restart count starts again).
+    pub fn start_load(self: &Arc<Self>, req: LoadRequest) -> Result<ModelStatus, RegistryError> {
+        if self.launcher.is_none() {
+            return Err(RegistryError::LoadingDisabled);
+        }
+        if self.closing() {
+            return Err(RegistryError::ShuttingDown);
+        }
+        check_model_name(&req.name).map_err(RegistryError::InvalidName)?;
         let name = req.name.clone();
+        let load_id = self.next_load.fetch_add(1, Ordering::Relaxed);
+        let phase = Arc::new(Mutex::new("queued"));
         let status = {
             let mut models = self.lock();
-            if let Some(s) = models.get(&name) {
-                if !matches!(s, ModelState::Failed { .. }) {
-                    return Err(ApiError::conflict("name", format!("a model named `{name}` is already {}", s.label())));
+            if let Some(e) = models.get(&name) {
+                if !matches!(e.state, ModelState::Failed { .. }) {
+                    return Err(RegistryError::NameTaken { name, state: e.state.label() });
                 }
             }
-            let state = ModelState::Loading { phase: phase.clone(), since: Instant::now(), source: req.source.to_string() };
-            let status = status_of(&name, &state);
-            models.insert(name.clone(), state);
+            let state =
+                ModelState::Loading { phase: phase.clone(), since: Instant::now(), source: req.source.to_string() };
+            let status = status::status_of(&name, &state, 0);
+            models.insert(
+                name.clone(),
+                Entry { state, recipe: Some(req.clone()), restarts: 0, adapters: Vec::new(), load_id },
+            );
             status
         };
-        self.changed.send_modify(|n| *n += 1);
+        self.notify();
         tracing::info!(model = %name, source = %req.source, "loading model");
+        self.launch_in_background(req, load_id, phase);
+        Ok(status)
+    }
+
+    /// Runs `req`'s load on a blocking thread; its entry (load `load_id`) becomes ready or
+    /// failed when it ends.
+    fn launch_in_background(self: &Arc<Self>, req: LoadRequest, load_id: u64, phase: Arc<Mutex<&'static str>>) {
+        let launcher = self.launcher.clone().expect("loads are started only with a launcher");
         let this = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
+            let name = req.name.clone();
+            let source = req.source.to_string();
             let report = phase.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let progress = |p: &'static str| *report.lock().unwrap_or_else(|e| e.into_inner()) = p;
                 launcher.launch(&req, &progress)
             })
             .await;
-            let state = match result {
+            let reason = match result {
                 Ok(Ok(served)) => {
+                    let restore = this.update(&name, load_id, |e| std::mem::take(&mut e.adapters)).unwrap_or_default();
+                    for (adapter, dir) in restore {
+                        if let Err(e) = served.engine.load_adapter(&adapter, dir).await {
+                            tracing::warn!(model = %name, adapter = %adapter, "the restarted engine cannot load the adapter again: {e}");
+                        }
+                    }
                     tracing::info!(model = %name, secs = started.elapsed().as_secs_f64(), "model ready");
-                    ModelState::Ready(Arc::new(served))
+                    let served = Arc::new(served);
+                    let landed = this.update(&name, load_id, |e| e.state = ModelState::Ready(served.clone()));
+                    if landed.is_some() {
+                        this.watch(&name, load_id, &served);
+                    }
+                    return;
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(model = %name, "loading failed: {e:#}");
-                    ModelState::Failed { reason: format!("{e:#}"), source: String::new() }
-                }
-                Err(e) => ModelState::Failed { reason: format!("the loading task failed: {e}"), source: String::new() },
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => format!("the loading task failed: {e}"),
             };
-            let state = match state {
-                ModelState::Failed { reason, .. } => {
-                    let source = this.status(&name).map(|s| s.source).unwrap_or_default();
-                    ModelState::Failed { reason, source }
-                }
-                s => s,
-            };
-            this.set(&name, Some(state));
+            tracing::error!(model = %name, "loading failed: {reason}");
+            this.load_failed(&name, load_id, reason, source);
         });
-        Ok(status)
     }
 
-    /// Waits until `name` is ready (or its load failed: 503 with the reason; gone: 404).
-    pub async fn wait_ready(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+    /// Waits until `name` is ready; fails when its load failed (or its engine failed and it
+    /// will not be restarted) and when it is unknown.
+    pub async fn wait_ready(self: &Arc<Self>, name: &str) -> Result<Arc<Served>, RegistryError> {
         let name = normalize(name);
         let mut rx = self.changed.subscribe();
         loop {
             match self.state(name) {
                 Some(ModelState::Ready(m)) => return Ok(m),
-                Some(ModelState::Loading { .. }) => {}
-                Some(ModelState::Failed { reason, .. }) => {
-                    return Err(ApiError::model_unavailable(name, &format!("failed to load: {reason}")))
-                }
-                Some(ModelState::Unloading(_)) => return Err(ApiError::model_unavailable(name, "is being unloaded")),
-                None => return Err(self.resolve(name).err().unwrap_or_else(|| ApiError::not_found(name.to_owned()))),
+                Some(ModelState::Loading { .. } | ModelState::Failed { restarting: true, .. }) => {}
+                Some(s) => return Err(s.refusal(name).expect("a model that is not ready is refused")),
+                None => return Err(self.resolve(name).err().unwrap_or_else(|| self.not_loaded(name, "model"))),
             }
             if rx.changed().await.is_err() {
-                return Err(ApiError::shutting_down());
+                return Err(RegistryError::ShuttingDown);
             }
         }
     }
 
+    fn not_loaded(&self, name: &str, param: &'static str) -> RegistryError {
+        RegistryError::NotLoaded { name: name.to_owned(), param }
+    }
+
     /// Ollama's way: waits until `name` answers, loading it first when it is a catalog entry
-    /// that is not loaded. Returns how long it waited (Ollama's `load_duration`).
-    pub async fn load_on_demand(self: &Arc<Self>, name: &str) -> Result<Duration, ApiError> {
+    /// that is not loaded (or whose load failed). A model whose engine failed is not loaded
+    /// again here: it is restarted by supervision, or stays failed until loaded by hand.
+    /// Returns how long it waited (Ollama's `load_duration`).
+    pub async fn load_on_demand(self: &Arc<Self>, name: &str) -> Result<Duration, RegistryError> {
         let started = Instant::now();
         let key = normalize(name);
-        match self.state(key) {
+        let (state, supervised) = match self.lock().get(key) {
+            Some(e) => (Some(e.state.clone()), e.restarts > 0),
+            None => (None, false),
+        };
+        match state {
             Some(ModelState::Ready(_)) => return Ok(Duration::ZERO),
-            Some(ModelState::Loading { .. }) => {}
+            Some(ModelState::Loading { .. } | ModelState::Failed { restarting: true, .. }) => {}
+            Some(s @ ModelState::Failed { during: FailedWhile::Serving, .. }) => {
+                return Err(s.refusal(key).expect("failed"))
+            }
+            Some(s @ ModelState::Failed { .. }) if supervised => return Err(s.refusal(key).expect("failed")),
             Some(ModelState::Failed { .. }) | None => match self.catalog.get(key) {
                 Some(entry) => match self.start_load(entry.request.clone()) {
-                    Ok(_) => {}
                     // Someone else started it meanwhile: wait for theirs.
-                    Err(e) if e.status == axum::http::StatusCode::CONFLICT => {}
+                    Ok(_) | Err(RegistryError::NameTaken { .. }) => {}
                     Err(e) => return Err(e),
                 },
                 None => {
@@ -374,38 +398,37 @@ impl ModelRegistry {
                     return Ok(Duration::ZERO);
                 }
             },
-            Some(ModelState::Unloading(_)) => return Err(ApiError::model_unavailable(key, "is being unloaded")),
+            Some(ModelState::Unloading(_)) => return Err(RegistryError::Unloading { name: key.to_owned() }),
         }
         self.wait_ready(key).await?;
         Ok(started.elapsed())
     }
 
-    /// Stops serving `name`: new requests get 503 at once, running ones may finish (up to
-    /// [`Self::drain_timeout`]), then the engine stops and its memory is freed. A failed entry
-    /// is just forgotten. 404 for unknown names, 409 while loading.
-    pub async fn unload(&self, name: &str) -> Result<(), ApiError> {
+    /// Stops serving `name`: new requests are refused at once, running ones may finish (up to
+    /// [`Self::drain_timeout`]), then the engine is stopped, even under requests still running,
+    /// and its thread joined, so its memory is free when this returns. A failed entry is just
+    /// forgotten. Refused for unknown names and while loading.
+    pub async fn unload(&self, name: &str) -> Result<(), RegistryError> {
         let name = normalize(name).to_owned();
         let served = {
             let mut models = self.lock();
-            match models.get(&name) {
-                Some(ModelState::Ready(m)) => {
+            let Some(entry) = models.get_mut(&name) else { return Err(self.not_loaded(&name, "model")) };
+            match &entry.state {
+                ModelState::Ready(m) => {
                     let m = m.clone();
-                    models.insert(name.clone(), ModelState::Unloading(m.clone()));
+                    entry.state = ModelState::Unloading(m.clone());
                     m
                 }
-                Some(ModelState::Failed { .. }) => {
+                ModelState::Failed { .. } => {
                     models.remove(&name);
                     drop(models);
-                    self.changed.send_modify(|n| *n += 1);
+                    self.notify();
                     return Ok(());
                 }
-                Some(s) => {
-                    return Err(ApiError::conflict("model", format!("the model `{name}` is {}; try again later", s.label())))
-                }
-                None => return Err(ApiError::not_found(format!("no model named `{name}` is loaded")).with_param("model")),
+                s => return Err(RegistryError::Busy { name: name.clone(), state: s.label(), param: "model" }),
             }
         };
-        self.changed.send_modify(|n| *n += 1);
+        self.notify();
         tracing::info!(model = %name, active = served.active(), "unloading model");
         let deadline = Instant::now() + self.drain_timeout;
         while served.active() > 0 && Instant::now() < deadline {
@@ -414,9 +437,17 @@ impl ModelRegistry {
         if served.active() > 0 {
             tracing::warn!(model = %name, active = served.active(), "drain time over: stopping the engine under running requests");
         }
-        self.set(&name, None);
-        // The engine thread stops (and is joined) when the last handle goes; not on an async thread.
-        let _ = tokio::task::spawn_blocking(move || drop(served)).await;
+        {
+            let mut models = self.lock();
+            if models
+                .get(&name)
+                .is_some_and(|e| matches!(&e.state, ModelState::Unloading(m) if Arc::ptr_eq(m, &served)))
+            {
+                models.remove(&name);
+            }
+        }
+        self.notify();
+        supervise::stop_engine(&name, served).await;
         tracing::info!(model = %name, "model unloaded");
         Ok(())
     }
@@ -424,21 +455,21 @@ impl ModelRegistry {
     /// Starts a switch from `from` to `req`: checks `from` is ready and starts loading `req`.
     /// [`Self::finish_switch`] then unloads `from` once `req` is ready, so one of the two
     /// answers all along; if the new model fails to load, `from` stays.
-    pub fn begin_switch(self: &Arc<Self>, from: &str, req: LoadRequest) -> Result<ModelStatus, ApiError> {
+    pub fn begin_switch(self: &Arc<Self>, from: &str, req: LoadRequest) -> Result<ModelStatus, RegistryError> {
         let from = normalize(from);
         if from == req.name {
-            return Err(ApiError::invalid("name", "the new model needs a name other than the one it replaces"));
+            return Err(RegistryError::InvalidName("the new model needs a name other than the one it replaces".into()));
         }
         match self.state(from) {
             Some(ModelState::Ready(_)) => {}
-            Some(s) => return Err(ApiError::conflict("from", format!("the model `{from}` is {}", s.label()))),
-            None => return Err(ApiError::not_found(format!("no model named `{from}` is loaded")).with_param("from")),
+            Some(s) => return Err(RegistryError::Busy { name: from.to_owned(), state: s.label(), param: "from" }),
+            None => return Err(self.not_loaded(from, "from")),
         }
         self.start_load(req)
     }
 
     /// The second half of a switch: waits for `to`, then unloads `from`.
-    pub async fn finish_switch(&self, from: &str, to: &str) -> Result<(), ApiError> {
+    pub async fn finish_switch(self: &Arc<Self>, from: &str, to: &str) -> Result<(), RegistryError> {
         self.wait_ready(to).await?;
         tracing::info!(from, to, "switch: new model ready, unloading the old one");
         self.unload(from).await
@@ -453,8 +484,12 @@ impl ModelRegistry {
             loop {
                 tick.tick().await;
                 let Some(this) = weak.upgrade() else { return };
-                let idle: Vec<String> =
-                    this.ready().iter().filter(|m| m.idle_left() == Some(Duration::ZERO)).map(|m| m.name.clone()).collect();
+                let idle: Vec<String> = this
+                    .ready()
+                    .iter()
+                    .filter(|m| m.idle_left() == Some(Duration::ZERO))
+                    .map(|m| m.name.clone())
+                    .collect();
                 for name in idle {
                     tracing::info!(model = %name, "keep-alive over: unloading idle model");
                     let this = this.clone();

@@ -10,8 +10,8 @@ use std::{
 
 use flint_engine::EngineHandle;
 
-use super::KeepAlive;
-use crate::{api::ApiError, chat_template::ChatTemplate};
+use super::{KeepAlive, RegistryError};
+use crate::chat_template::ChatTemplate;
 
 /// A model that answers requests.
 pub struct Served {
@@ -21,6 +21,8 @@ pub struct Served {
     pub template: Option<ChatTemplate>,
     /// Unix time the model finished loading.
     pub created: i64,
+    /// When it finished loading, on the monotonic clock.
+    started: Instant,
     /// Where it came from, as given (directory, GGUF file or catalog entry), for the lists.
     pub source: String,
     /// Requests holding an admission permit for this model; unloading waits for zero.
@@ -38,6 +40,7 @@ impl Served {
             name: name.into(),
             template,
             created: chrono::Utc::now().timestamp(),
+            started: Instant::now(),
             source,
             active: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
@@ -46,8 +49,9 @@ impl Served {
     }
 
     /// What a request's `model` names: the base model (`None`) or the loaded LoRA adapter of
-    /// that name (`Some(name)`); 404 listing the served names otherwise.
-    pub fn resolve(&self, model: &str) -> Result<Option<String>, ApiError> {
+    /// that name (`Some(name)`); [`RegistryError::UnknownModel`] listing the served names
+    /// otherwise.
+    pub fn resolve(&self, model: &str) -> Result<Option<String>, RegistryError> {
         if super::normalize(model) == self.name {
             return Ok(None);
         }
@@ -61,11 +65,16 @@ impl Served {
         self.engine.adapters().iter().any(|a| a.name == name)
     }
 
-    /// 404 for `model`, listing the base model and the loaded adapters.
-    pub fn not_found(&self, model: &str) -> ApiError {
-        let mut names = vec![self.name.clone()];
-        names.extend(self.engine.adapters().into_iter().map(|a| a.name));
-        ApiError::model_not_found(model, &names)
+    /// `model` is not this model: the error lists the base model and the loaded adapters.
+    pub fn not_found(&self, model: &str) -> RegistryError {
+        let mut served = vec![self.name.clone()];
+        served.extend(self.engine.adapters().into_iter().map(|a| a.name));
+        RegistryError::UnknownModel { name: model.to_owned(), served, in_catalog: false }
+    }
+
+    /// How long it has been serving.
+    pub fn up_for(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Weights plus KV cache, in bytes.
