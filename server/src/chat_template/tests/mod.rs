@@ -6,6 +6,7 @@
 use super::*;
 
 mod limits;
+mod proptests;
 mod python_compat;
 mod real_templates;
 
