@@ -336,6 +336,9 @@ impl ModelRegistry {
                     let landed = this.update(&name, load_id, |e| e.state = ModelState::Ready(served.clone()));
                     if landed.is_some() {
                         this.watch(&name, load_id, &served);
+                    } else {
+                        // Its entry went meanwhile: nobody serves it, so it is not kept loaded.
+                        supervise::stop_engine(&name, served).await;
                     }
                     return;
                 }
