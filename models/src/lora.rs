@@ -179,6 +179,10 @@ impl LoraAdapter {
             return Err(bad("target_modules", "no target modules".into()));
         }
         let scale = if pc.use_rslora { pc.lora_alpha / (pc.r as f64).sqrt() } else { pc.lora_alpha / pc.r as f64 } as f32;
+        // A huge alpha overflows f32 (every output would be inf/NaN); a tiny one rounds to 0.
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(bad("lora_alpha", format!("{} / r gives a scale of {scale}, outside f32's range", pc.lora_alpha)));
+        }
         let weights = load_weights(dir, cfg, pc.r, &targets)?;
         Ok(Self { dir: dir.to_owned(), rank: pc.r, scale, targets, weights })
     }
@@ -264,6 +268,22 @@ fn parse_key(name: &str) -> Option<(usize, TargetModule, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `proptests::peft_configs`: `lora_alpha: 1e308` made the scale infinite.
+    #[test]
+    fn scale_must_fit_f32() {
+        let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures"));
+        let cfg = ModelConfig::from_file(&fixture.join("tiny/llama-gqa-tied/config.json")).unwrap();
+        let adapter = fixture.join("lora/llama-gqa-tied/attn-r8");
+        for alpha in ["1e308", "5e-324"] {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(r#"{{"r": 8, "lora_alpha": {alpha}, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}"#);
+            std::fs::write(dir.path().join("adapter_config.json"), text).unwrap();
+            std::fs::copy(adapter.join("adapter_model.safetensors"), dir.path().join("adapter_model.safetensors")).unwrap();
+            let err = LoraAdapter::load(dir.path(), &cfg, 16).unwrap_err();
+            assert!(matches!(err, ModelError::InvalidConfig { field: "lora_alpha", .. }), "{err}");
+        }
+    }
 
     #[test]
     fn peft_keys_parse() {
