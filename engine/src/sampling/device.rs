@@ -51,32 +51,22 @@ impl Sampler {
     }
 
     /// This step's parameters for row `row` of a device sampling call; pushes the row's logit
-    /// adjustments onto `adjust`. Consumes one draw of the sampler's generator when the row is
-    /// not greedy.
+    /// adjustments onto `adjust`, one per token, sorted by token. Consumes one draw of the
+    /// sampler's generator when the row is not greedy. Each source (bias, bans, repetition,
+    /// OpenAI penalties) appends its entries, then one sort and one merge pass combine those of
+    /// the same token: O(k log k) for k entries, whatever the mix.
     pub fn device_row(&mut self, ctx: &SampleContext<'_>, row: u32, vocab: usize, adjust: &mut Vec<LogitAdjust>) -> RowSampling {
         let first = adjust.len();
         let p = &self.params;
-        let entry = |adjust: &mut Vec<LogitAdjust>, token: u32| -> usize {
-            // Entries of this row stay sorted by token; new ones are inserted in place.
-            match adjust[first..].binary_search_by_key(&token, |a| a.token) {
-                Ok(i) => first + i,
-                Err(i) => {
-                    adjust.insert(first + i, LogitAdjust { row, token, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 });
-                    first + i
-                }
-            }
-        };
+        let blank = |token: u32| LogitAdjust { row, token, bias: 0.0, pos_scale: 1.0, neg_scale: 1.0, add: 0.0 };
         let in_vocab = |id: &u32| (*id as usize) < vocab;
-        // Same order as `Sampler::process`: bias, ban, repetition penalty, OpenAI penalties.
-        for &(id, bias) in p.logit_bias.iter().filter(|(id, _)| in_vocab(id)) {
-            let i = entry(adjust, id);
-            adjust[i].bias += bias;
-        }
+        // The kernel applies bias, then the repetition penalty by the sign of the biased logit,
+        // then `add`, as `Sampler::process` does; a ban is add = -inf, which the penalties
+        // (finite) cannot undo, so the entries combine in any order.
+        adjust.extend(p.logit_bias.iter().filter(|(id, _)| in_vocab(id)).map(|&(id, bias)| LogitAdjust { bias, ..blank(id) }));
         if ctx.output.len() < p.min_tokens {
-            for &id in ctx.eos_ids.iter().chain(p.stop_token_ids.iter()).filter(|id| in_vocab(id)) {
-                let i = entry(adjust, id);
-                adjust[i].add = f32::NEG_INFINITY;
-            }
+            let banned = ctx.eos_ids.iter().chain(p.stop_token_ids.iter()).copied().filter(in_vocab);
+            adjust.extend(banned.map(|id| LogitAdjust { add: f32::NEG_INFINITY, ..blank(id) }));
         }
         if p.repetition_penalty != 1.0 {
             let r = p.repetition_penalty;
@@ -86,24 +76,19 @@ impl Sampler {
                 ids.dedup();
                 ids
             });
-            // Merge the (sorted, distinct) prompt ids with the output's into the row's entries.
+            // Each distinct id of prompt ∪ output once.
             let mut ids: Vec<u32> = prompt.iter().chain(ctx.output).copied().filter(in_vocab).collect();
             ids.sort_unstable();
             ids.dedup();
-            for id in ids {
-                let i = entry(adjust, id);
-                (adjust[i].pos_scale, adjust[i].neg_scale) = (1.0 / r, r);
-            }
+            adjust.extend(ids.into_iter().map(|id| LogitAdjust { pos_scale: 1.0 / r, neg_scale: r, ..blank(id) }));
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let mut out: Vec<u32> = ctx.output.iter().copied().filter(in_vocab).collect();
             out.sort_unstable();
-            for run in out.chunk_by(|a, b| a == b) {
-                let i = entry(adjust, run[0]);
-                // A ban stays a ban (-inf minus a penalty is still -inf).
-                adjust[i].add -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
-            }
+            let (pp, fp) = (p.presence_penalty, p.frequency_penalty);
+            adjust.extend(out.chunk_by(|a, b| a == b).map(|run| LogitAdjust { add: -(pp + fp * run.len() as f32), ..blank(run[0]) }));
         }
+        merge_by_token(adjust, first);
         let greedy = p.is_greedy() || p.top_k == Some(1);
         let (temperature, top_k, top_p, min_p) =
             (p.temperature, p.top_k.map_or(0, |k| k.min(u32::MAX as usize) as u32), p.top_p, p.min_p);
@@ -115,6 +100,27 @@ impl Sampler {
             uniform: if greedy { 0.0 } else { self.uniform() },
         }
     }
+}
+
+/// Sorts `adjust[first..]` by token and folds the entries of each token into one: biases and
+/// `add`s sum (a ban's -inf stays -inf), scales multiply (only the repetition entry has any).
+fn merge_by_token(adjust: &mut Vec<LogitAdjust>, first: usize) {
+    adjust[first..].sort_unstable_by_key(|a| a.token);
+    let mut w = first;
+    for r in first..adjust.len() {
+        let e = adjust[r];
+        if w > first && adjust[w - 1].token == e.token {
+            let m = &mut adjust[w - 1];
+            m.bias += e.bias;
+            m.pos_scale *= e.pos_scale;
+            m.neg_scale *= e.neg_scale;
+            m.add += e.add;
+        } else {
+            adjust[w] = e;
+            w += 1;
+        }
+    }
+    adjust.truncate(w);
 }
 
 #[cfg(test)]
@@ -160,5 +166,26 @@ mod tests {
         let mut none = Vec::new();
         let row = g.device_row(&SampleContext::default(), 0, 64, &mut none);
         assert_eq!((row.temperature, row.uniform, none.len()), (0.0, 0.0, 0));
+    }
+
+    #[test]
+    fn a_long_history_costs_a_sort_not_a_quadratic_insert() {
+        // 200k distinct output ids plus as many prompt ids: one entry each, sorted, in well
+        // under a second (inserting each in place was O(k^2): minutes).
+        let params = SamplingParams::new(1 << 20)
+            .and_then(|p| p.with_repetition_penalty(1.3))
+            .and_then(|p| p.with_frequency_penalty(0.5))
+            .and_then(|p| p.with_temperature(1.0))
+            .expect("valid");
+        let prompt: Vec<u32> = (0..200_000u32).map(|i| (i * 7919) % 400_000).collect();
+        let output: Vec<u32> = (0..200_000u32).map(|i| (i * 104_729 + 1) % 400_000).collect();
+        let mut s = Sampler::new(params);
+        let mut adjust = Vec::new();
+        let t = std::time::Instant::now();
+        s.device_row(&SampleContext { prompt: &prompt, output: &output, eos_ids: &[] }, 0, 400_000, &mut adjust);
+        assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+        assert!(adjust.windows(2).all(|w| w[0].token < w[1].token), "sorted, one per token");
+        let distinct: std::collections::BTreeSet<u32> = prompt.iter().chain(&output).copied().collect();
+        assert_eq!(adjust.len(), distinct.len());
     }
 }
