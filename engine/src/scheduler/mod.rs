@@ -7,16 +7,19 @@
 //! When KV blocks run out, the most recently admitted running sequence is preempted: its blocks
 //! are freed and it goes back to the front of the queue, to be recomputed from its tokens (which
 //! the prefix cache often still holds). Pure bookkeeping: no tensors, unit-tested without a model.
+//! The queue and the running set are [`lane::Lane`]s, so a sequence leaves either in O(1).
 
 mod admit;
+mod lane;
 mod request;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 pub use admit::{check_admission, AdmitError, AdmitLimits};
 pub use request::{Finish, FinishReason, NewSeq, StopReason};
+use lane::Lane;
 use request::Seq;
 
 use crate::{
@@ -94,9 +97,9 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     kv: KvManager,
     seqs: HashMap<SeqId, Seq>,
-    waiting: VecDeque<SeqId>,
+    waiting: Lane,
     /// Admission order: the last one is preempted first.
-    running: Vec<SeqId>,
+    running: Lane,
     preemptions: u64,
 }
 
@@ -104,7 +107,7 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
         assert!(cfg.max_num_seqs > 0 && cfg.max_num_batched_tokens > 0, "scheduler limits must be > 0");
         let kv = KvManager::new(cfg.num_blocks, cfg.block_size, cfg.prefix_caching);
-        Self { cfg, kv, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), preemptions: 0 }
+        Self { cfg, kv, seqs: HashMap::new(), waiting: Lane::default(), running: Lane::default(), preemptions: 0 }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -129,18 +132,22 @@ impl Scheduler {
     pub fn add(&mut self, spec: NewSeq) -> Result<(), AdmitError> {
         self.check(spec.prompt.len(), spec.max_tokens)?;
         let id = spec.id;
-        self.seqs.insert(id, Seq::new(spec));
-        self.waiting.push_back(id);
+        let seq = Seq::new(spec);
+        self.waiting.push_back((id, seq.epoch));
+        self.seqs.insert(id, seq);
         Ok(())
     }
 
-    /// Removes a sequence wherever it is; its blocks are free on return.
+    /// Removes a sequence wherever it is, in O(1) amortized; its blocks are free on return.
     pub fn abort(&mut self, id: SeqId) -> bool {
-        if self.seqs.remove(&id).is_none() {
-            return false;
+        let Some(seq) = self.seqs.remove(&id) else { return false };
+        if seq.running {
+            self.running.forget();
+            self.running.tidy(&self.seqs);
+        } else {
+            self.waiting.forget();
+            self.waiting.tidy(&self.seqs);
         }
-        self.waiting.retain(|&s| s != id);
-        self.running.retain(|&s| s != id);
         self.kv.free(id);
         true
     }
@@ -174,8 +181,13 @@ impl Scheduler {
 
         // Running sequences first, oldest first.
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
+        while i < self.running.raw_len() && budget > 0 {
+            let entry = self.running.raw(i);
+            if !lane::is_live(&self.seqs, entry) {
+                i += 1;
+                continue;
+            }
+            let id = entry.0;
             let seq = &self.seqs[&id];
             let n = (seq.tokens.len() - seq.num_computed).min(budget);
             let target = seq.num_computed + n;
@@ -183,14 +195,13 @@ impl Scheduler {
             while !self.kv.allocate(id, None, target) {
                 if self.running.len() == 1 {
                     // Alone and still short: this sequence has outgrown the whole cache.
-                    self.running.clear();
-                    self.seqs.remove(&id);
-                    self.kv.free(id);
+                    // (The scan stops here, so `abort` may tidy the lane under it.)
+                    self.abort(id);
                     out.finished.push((id, Finish::length()));
                     fits = false;
                     break;
                 }
-                let victim = *self.running.last().expect("running is not empty");
+                let victim = self.running.last_live(&self.seqs).expect("running is not empty");
                 self.preempt(victim);
                 out.preempted.push(victim);
                 if victim == id {
@@ -211,14 +222,19 @@ impl Scheduler {
             // Adapters already running; a sequence needing one more than the slots hold waits
             // (later sequences with resident adapters may go first).
             let mut adapters: Vec<AdapterId> = Vec::new();
-            for id in &self.running {
-                if let Some(a) = self.seqs[id].spec.adapter.filter(|a| !adapters.contains(a)) {
+            for id in self.running.iter_live(&self.seqs) {
+                if let Some(a) = self.seqs[&id].spec.adapter.filter(|a| !adapters.contains(a)) {
                     adapters.push(a);
                 }
             }
             let mut w = 0;
-            while w < self.waiting.len() && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-                let id = self.waiting[w];
+            while w < self.waiting.raw_len() && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+                let entry = self.waiting.raw(w);
+                if !lane::is_live(&self.seqs, entry) {
+                    w += 1;
+                    continue;
+                }
+                let id = entry.0;
                 if self.blocked_on_sibling(id) {
                     w += 1;
                     continue;
@@ -243,13 +259,19 @@ impl Scheduler {
                 let seq = self.seqs.get_mut(&id).expect("waiting sequences exist");
                 seq.num_computed = cached;
                 seq.started = true;
-                self.waiting.remove(w);
-                self.running.push(id);
+                // Its waiting entry becomes a tombstone.
+                seq.running = true;
+                seq.epoch += 1;
+                self.waiting.forget();
+                self.running.push_back((id, seq.epoch));
+                w += 1;
                 adapters.extend(new_adapter);
                 out.seqs.push(self.scheduled(id, n));
                 budget -= n;
             }
         }
+        self.waiting.tidy(&self.seqs);
+        self.running.tidy(&self.seqs);
         out.total_tokens = self.cfg.max_num_batched_tokens - budget;
         out
     }
@@ -289,14 +311,18 @@ impl Scheduler {
         }
     }
 
+    /// Sends a running sequence back to the front of the queue, its blocks freed.
     fn preempt(&mut self, id: SeqId) {
-        self.running.retain(|&s| s != id);
         self.kv.free(id);
-        if let Some(seq) = self.seqs.get_mut(&id) {
-            seq.num_computed = 0;
-        }
-        self.waiting.push_front(id);
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        seq.num_computed = 0;
+        seq.running = false;
+        seq.epoch += 1;
+        self.running.forget();
+        self.waiting.push_front((id, seq.epoch));
         self.preemptions += 1;
+        // No tidying here: `schedule` is scanning `running` by index (its tombstone at the
+        // tail goes with the next `last_live` or the end of the step).
     }
 
     /// A parallel sample waits until its first sibling has computed the shared prompt.

@@ -78,13 +78,17 @@ pub(crate) struct Seq {
     pub num_computed: usize,
     /// Has been admitted at least once (prefix-cache stats count the first admission only).
     pub started: bool,
+    /// Whether the sequence is in the running set (else the waiting queue).
+    pub running: bool,
+    /// Bumped each time the sequence takes a place in a lane; older entries are tombstones.
+    pub epoch: u64,
 }
 
 impl Seq {
     pub fn new(spec: NewSeq) -> Self {
         let tokens = spec.prompt.to_vec();
         let prompt_len = tokens.len();
-        Self { spec, tokens, prompt_len, num_computed: 0, started: false }
+        Self { spec, tokens, prompt_len, num_computed: 0, started: false, running: false, epoch: 0 }
     }
 
     pub fn num_output(&self) -> usize {

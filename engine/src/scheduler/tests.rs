@@ -256,3 +256,81 @@ fn distinct_adapters_per_step_never_exceed_max_loras() {
     assert_eq!(outputs, 7, "every sequence finishes");
     assert_eq!(seen.len(), 4, "every adapter got its turn");
 }
+
+#[test]
+fn aborting_many_sequences_one_by_one_is_linear_and_keeps_fcfs_order() {
+    // 100k queued sequences aborted one at a time (every other one, then the rest from the
+    // back): quadratic removal would take minutes.
+    const N: u64 = 100_000;
+    let mut s = Scheduler::new(cfg(1 << 16, 64));
+    for i in 0..N {
+        s.add(seq(i, 2, 1)).unwrap();
+    }
+    let t = std::time::Instant::now();
+    for i in (0..N).step_by(2) {
+        assert!(s.abort(SeqId(i)));
+    }
+    assert_eq!(s.stats().waiting, N as usize / 2);
+    for i in (N / 2..N).rev().filter(|i| i % 2 == 1) {
+        assert!(s.abort(SeqId(i)));
+    }
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    assert_eq!(s.stats().waiting, N as usize / 4);
+    // What is left is admitted first come, first served.
+    let out = s.schedule();
+    let ids: Vec<u64> = out.seqs.iter().map(|x| x.id.0).collect();
+    assert_eq!(ids, (0..N / 2).filter(|i| i % 2 == 1).take(ids.len()).collect::<Vec<_>>());
+    assert_eq!(ids.len(), 32, "64 tokens of budget, 2 per prompt");
+    assert_eq!(s.stats().running, 32);
+    // Running sequences leave as cheaply, and the blocks all come back.
+    for id in ids {
+        assert!(s.abort(SeqId(id)));
+    }
+    while s.has_work() {
+        let out = s.schedule();
+        for x in &out.seqs {
+            s.abort(x.id);
+        }
+    }
+    let st = s.stats();
+    assert_eq!((st.running, st.waiting, st.free_blocks), (0, 0, st.usable_blocks));
+}
+
+#[test]
+fn aborts_amid_preemptions_leave_the_others_untouched() {
+    let specs: Vec<NewSeq> = (0..24).map(|i| seq(i, 5 + 3 * (i % 8) as usize, 12)).collect();
+    let mut s = Scheduler::new(cfg(20, 64));
+    for sp in &specs {
+        s.add(sp.clone()).unwrap();
+    }
+    // A few steps under memory pressure, then every third sequence goes, wherever it is.
+    for _ in 0..6 {
+        let out = s.schedule();
+        let sampled: Vec<(SeqId, u32)> = out
+            .seqs
+            .iter()
+            .filter(|x| x.samples)
+            .map(|x| {
+                let (p, o) = s.tokens(x.id).unwrap();
+                (x.id, fake_next(&p.iter().chain(o).copied().collect::<Vec<_>>()))
+            })
+            .collect();
+        s.update(&out, &sampled);
+    }
+    for i in (0..24).step_by(3) {
+        s.abort(SeqId(i));
+    }
+    // Output so far (the survivors' runs continue from it).
+    let before: HashMap<SeqId, Vec<u32>> =
+        specs.iter().filter_map(|sp| s.tokens(sp.id).map(|(_, o)| (sp.id, o.to_vec()))).collect();
+    let (out, _) = run(&mut s);
+    for sp in specs.into_iter().filter(|sp| sp.id.0 % 3 != 0) {
+        let id = sp.id;
+        let mut got = before.get(&id).cloned().unwrap_or_default();
+        got.extend(out.get(&id).cloned().unwrap_or_default());
+        assert_eq!(got, alone(sp), "{id}");
+    }
+    let st = s.stats();
+    assert!(st.preemptions > 0);
+    assert_eq!((st.running, st.waiting, st.free_blocks), (0, 0, st.usable_blocks));
+}
