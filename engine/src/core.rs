@@ -56,13 +56,21 @@ struct Active {
     _adapter: Option<AdapterLease>,
 }
 
+/// A request's samples: `seqs[index]` is sample `index`'s sequence, kept after it ends (it
+/// is then gone from `active`), so ending one sample or all of them is O(1) per sample.
+struct RequestSeqs {
+    seqs: Vec<SeqId>,
+    /// Samples still active.
+    live: usize,
+}
+
 pub(crate) struct EngineCore {
     scheduler: Scheduler,
     runner: ModelRunner,
     adapters: AdapterSlots,
     eos_ids: Arc<[u32]>,
     active: HashMap<SeqId, Active>,
-    requests: HashMap<RequestId, Vec<SeqId>>,
+    requests: HashMap<RequestId, RequestSeqs>,
     next_seq: u64,
     stats: EngineStats,
     opts: CoreOptions,
@@ -228,28 +236,32 @@ impl EngineCore {
             self.active.insert(id, active);
             seqs.push(id);
         }
-        self.requests.insert(s.id, seqs);
+        self.requests.insert(s.id, RequestSeqs { live: seqs.len(), seqs });
     }
 
     fn abort(&mut self, id: RequestId, index: Option<usize>) {
-        let Some(seqs) = self.requests.get(&id) else { return };
-        let doomed: Vec<SeqId> = seqs
-            .iter()
-            .copied()
-            .filter(|s| index.is_none() || self.active.get(s).map(|a| a.index) == index)
-            .collect();
-        for seq in doomed {
-            self.finish_seq(seq);
+        let Some(req) = self.requests.get(&id) else { return };
+        match index {
+            Some(i) => {
+                if let Some(&seq) = req.seqs.get(i) {
+                    self.finish_seq(seq);
+                }
+            }
+            None => {
+                for seq in req.seqs.clone() {
+                    self.finish_seq(seq);
+                }
+            }
         }
     }
 
-    /// Forgets a sample (its blocks are freed by the scheduler).
+    /// Forgets a sample (its blocks are freed by the scheduler); nothing if it already ended.
     fn finish_seq(&mut self, seq: SeqId) {
         self.scheduler.abort(seq);
         if let Some(a) = self.active.remove(&seq) {
-            if let Some(list) = self.requests.get_mut(&a.req) {
-                list.retain(|&s| s != seq);
-                if list.is_empty() {
+            if let Some(req) = self.requests.get_mut(&a.req) {
+                req.live -= 1;
+                if req.live == 0 {
                     self.requests.remove(&a.req);
                 }
             }
@@ -257,11 +269,11 @@ impl EngineCore {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> EngineError) {
-        for (_, seqs) in std::mem::take(&mut self.requests) {
-            if let Some(a) = seqs.first().and_then(|s| self.active.get(s)) {
+        for (_, req) in std::mem::take(&mut self.requests) {
+            if let Some(a) = req.seqs.iter().find_map(|s| self.active.get(s)) {
                 let _ = a.events.send(RequestEvent::Failed(err()));
             }
-            for seq in seqs {
+            for seq in req.seqs {
                 self.scheduler.abort(seq);
                 self.active.remove(&seq);
             }

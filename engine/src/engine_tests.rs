@@ -70,3 +70,26 @@ async fn bad_submissions_name_the_field() {
     let stop_ids = p().with_stop_token_ids(vec![300]).expect("valid");
     assert!(matches!(h.check(1, &stop_ids), Err(EngineError::InvalidParameter { field: "stop_token_ids", .. })));
 }
+
+#[tokio::test]
+async fn dropping_a_request_of_many_samples_frees_everything() {
+    let (_dir, h) = tiny_engine(|_| {});
+    let params = SamplingParams::new(4000)
+        .and_then(|p| p.with_n(crate::sampling::MAX_N))
+        .and_then(|p| p.with_temperature(1.0))
+        .expect("valid")
+        .with_ignore_eos(true);
+    let mut stream = h.generate((3..40).collect(), params).expect("accepted");
+    stream.next().await.expect("a delta").expect("runs");
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = h.stats().await.expect("stats");
+        let s = st.scheduler;
+        if st.requests == 0 && s.running == 0 && s.waiting == 0 && s.free_blocks == s.usable_blocks {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not freed: {st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -278,8 +278,7 @@ impl EngineHandle {
             self.inner.cmd.clone(),
             self.inner.sup.clone(),
             self.inner.tokenizer.clone(),
-            params.n(),
-            params.stop().clone(),
+            &params,
             prompt.len(),
         );
         let sub = Submission { id, prompt, params, adapter, cache_salt, events: tx };

@@ -14,6 +14,7 @@ use crate::{
     error::Result,
     ids::RequestId,
     messages::{EngineCommand, RequestEvent},
+    sampling::SamplingParams,
     scheduler::{Finish, FinishReason, StopReason},
     stop::StopMatcher,
     supervise::Supervision,
@@ -92,11 +93,12 @@ impl OutputStream {
         cmd: UnboundedSender<EngineCommand>,
         sup: Arc<Supervision>,
         tokenizer: Arc<Tokenizer>,
-        n: usize,
-        stops: Arc<[String]>,
+        params: &SamplingParams,
         prompt_tokens: usize,
     ) -> Self {
-        let samples = (0..n).map(|_| SampleState { stop: StopMatcher::new(stops.clone()), ..Default::default() }).collect();
+        let stops = params.stop();
+        let samples =
+            (0..params.n()).map(|_| SampleState { stop: StopMatcher::new(stops.clone()), ..Default::default() }).collect();
         let usage = Usage { prompt_tokens, ..Default::default() };
         Self { id, rx, cmd, sup, tokenizer, samples, ready: VecDeque::new(), usage, failed: false }
     }
