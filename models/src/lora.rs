@@ -235,13 +235,13 @@ fn load_weights(dir: &Path, cfg: &ModelConfig, rank: usize, targets: &BTreeSet<T
         let slot = halves.entry((layer, module)).or_default();
         if is_a { slot.0 = Some(t) } else { slot.1 = Some(t) }
     }
-    for layer in 0..cfg.num_layers {
+    for (layer, slots) in weights.iter_mut().enumerate() {
         for &module in targets {
             let (a, b) = halves.remove(&(layer, module)).unwrap_or_default();
             let missing = |half: &str| invalid(format!("missing tensor base_model.model.model.layers.{layer}.{}.{}.lora_{half}.weight", module.block(), module.name()));
             let a = a.ok_or_else(|| missing("A"))?;
             let b = b.ok_or_else(|| missing("B"))?;
-            weights[layer][module.index()] = Some((a, b));
+            slots[module.index()] = Some((a, b));
         }
     }
     Ok(weights)
