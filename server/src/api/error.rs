@@ -11,6 +11,7 @@ use flint_engine::{scheduler::AdmitError, EngineError};
 use super::types::{ErrorBody, ErrorDetail};
 use crate::registry::RegistryError;
 use crate::finetune::{store::StoreError, FineTuneError};
+use crate::generation::GenError;
 
 /// An error response: status, OpenAI `type`, message, and the offending field.
 #[derive(Debug, Clone)]
@@ -77,7 +78,7 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            format!("too many requests in flight (limit {limit}); retry shortly"),
+            format!("too many sequences in flight (limit {limit}); retry shortly"),
         );
         e.retry_after = Some(1);
         e
@@ -184,6 +185,26 @@ impl From<EngineError> for ApiError {
             | EngineError::StepFailed(_)
             | EngineError::EngineFailed(_)
             | EngineError::Forward(_) => Self::internal(msg),
+        }
+    }
+}
+
+impl From<GenError> for ApiError {
+    /// The one mapping from the generation layer's errors to HTTP statuses.
+    fn from(e: GenError) -> Self {
+        match e {
+            GenError::Invalid { param, message } => Self::invalid(param, message),
+            GenError::Busy { limit } => Self::queue_full(limit),
+            GenError::AdapterGone(name) => {
+                let mut e = Self::not_found(format!("the model `{name}` does not exist (its adapter was unloaded)"));
+                e.param = Some("model".into());
+                e.code = Some("model_not_found".into());
+                e
+            }
+            // Nobody reads it: the client has gone.
+            GenError::Cancelled => Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the request was cancelled"),
+            GenError::Engine(e) => e.into(),
+            GenError::Internal(m) => Self::internal(m),
         }
     }
 }

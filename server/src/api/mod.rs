@@ -20,6 +20,7 @@ pub mod error;
 pub mod files;
 pub mod fine_tuning;
 pub mod guard;
+pub mod lean;
 pub mod logs;
 pub mod lora;
 pub mod metrics;
@@ -31,7 +32,7 @@ pub mod types;
 use std::{
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
 };
@@ -51,6 +52,7 @@ pub use error::ApiError;
 
 use crate::{
     finetune::{store::Store, FineTuning},
+    generation::{admission::Cost, Admission, Permit, PromptLimits},
     registry::ModelRegistry,
 };
 
@@ -83,6 +85,11 @@ pub struct ServerConfig {
     /// `--allowed-host`: more names the server answers to (behind a proxy): `name`, `.domain`
     /// (it and its subdomains) or `*` (any).
     pub allowed_hosts: Vec<String>,
+    /// Messages, prompts and prompt bytes one request may carry.
+    pub prompt_limits: PromptLimits,
+    /// `--prefix-cache-per-key`: requests presenting different API keys never share
+    /// prefix-cache blocks, so cached-token counts and timing say nothing across tenants.
+    pub prefix_cache_per_key: bool,
 }
 
 impl Default for ServerConfig {
@@ -93,7 +100,7 @@ impl Default for ServerConfig {
             api_key: None,
             max_waiting_requests: 1024,
             max_num_seqs: 256,
-            max_body_bytes: 32 << 20,
+            max_body_bytes: 8 << 20,
             cors_origins: Vec::new(),
             lora_dir: None,
             model_roots: Vec::new(),
@@ -101,6 +108,8 @@ impl Default for ServerConfig {
             max_upload_bytes: 512 << 20,
             check_host: true,
             allowed_hosts: Vec::new(),
+            prompt_limits: PromptLimits::default(),
+            prefix_cache_per_key: false,
         }
     }
 }
@@ -110,7 +119,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// The models, by name (the one owner of their state).
     pub registry: Arc<ModelRegistry>,
-    in_flight: AtomicUsize,
+    /// Sequences in flight over every model (prompts x `n`).
+    pub admission: Arc<Admission>,
     /// Set once the models given at startup are loaded: `/ready` waits for it.
     started: AtomicBool,
     /// Files and fine-tuning records (`--data-dir`).
@@ -155,12 +165,13 @@ impl AppState {
     }
 
     fn assemble(config: ServerConfig, registry: Arc<ModelRegistry>, finetune: Option<Arc<FineTuning>>) -> Arc<Self> {
+        let admission = Arc::new(Admission::new(config.max_num_seqs.saturating_add(config.max_waiting_requests)));
         Arc::new(Self {
             store: finetune.as_ref().map(|f| f.store().clone()),
             finetune,
             config,
             registry,
-            in_flight: AtomicUsize::new(0),
+            admission,
             started: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
@@ -200,31 +211,18 @@ impl AppState {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    /// Takes an admission permit for a request to `served` (429 when all are taken); released
-    /// when dropped. While it lives the model counts the request as running, so an unload
-    /// waits for it and the idle clock stands still.
-    pub fn admit(self: &Arc<Self>, served: &Arc<Served>) -> Result<Permit, ApiError> {
-        let limit = self.config.max_num_seqs + self.config.max_waiting_requests;
-        let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::queue_full(limit));
-        }
-        served.begin_request();
-        Ok(Permit { state: self.clone(), served: served.clone() })
+    /// Takes `cost` sequences of the server's budget for a request to `served` (429 when they
+    /// are not free now, 400 naming `n` or `prompt` when they never could be); released when
+    /// the permit drops.
+    pub fn admit(&self, served: &Arc<Served>, cost: Cost) -> Result<Permit, ApiError> {
+        Ok(self.admission.admit(served, cost)?)
     }
-}
 
-/// One admitted request; dropping it (response done or client gone) frees the slot.
-pub struct Permit {
-    state: Arc<AppState>,
-    served: Arc<Served>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.served.end_request();
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// The prefix-cache salt of a request: its own `cache_salt` (vLLM's field), mixed with the
+    /// API key it presents under `--prefix-cache-per-key`.
+    pub fn cache_salt(&self, headers: &HeaderMap, requested: Option<&str>) -> Option<String> {
+        let key = if self.config.prefix_cache_per_key { presented_key(headers) } else { None };
+        crate::generation::cache_salt(key, requested)
     }
 }
 
@@ -264,13 +262,18 @@ impl<T: DeserializeOwned + Send + 'static, S: Send + Sync> FromRequest<S> for Js
 }
 
 /// A JSON object body into `T`: nesting checked first, then serde, errors naming the field.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Serde would also read a struct from a JSON array; OpenAI bodies are objects.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|&b| b != b'{') {
         return Err(ApiError::bad_body("the request body must be a JSON object"));
     }
     guard::check_depth(bytes)?;
+    // Most bodies are fine: parse them without tracking the path (which costs about half the
+    // time on long arrays), and parse again with it only to name the field of an error.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -306,7 +309,8 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+/// The API key a request presents (`Authorization: Bearer` or `X-API-Key`), checked or not.
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();
         v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))

@@ -43,6 +43,7 @@ macro_rules! with_sampling_fields {
             pub temperature: Option<f32>,
             pub top_p: Option<f32>,
             pub n: Option<i64>,
+            #[serde(default, deserialize_with = "super::lean::stop")]
             pub stop: Option<StopField>,
             pub presence_penalty: Option<f32>,
             pub frequency_penalty: Option<f32>,
@@ -107,6 +108,7 @@ pub struct ContentPart {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct RequestMessage {
     pub role: String,
+    #[serde(default, deserialize_with = "super::lean::message_content")]
     pub content: Option<MessageContent>,
     pub name: Option<String>,
 }
@@ -143,6 +145,7 @@ with_sampling_fields! {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
+    #[serde(deserialize_with = "super::lean::prompt")]
     pub prompt: PromptField,
     #[serde(default)]
     pub stream: bool,

@@ -22,11 +22,12 @@ use crate::{
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    OllamaJson(req): OllamaJson<ChatRequest>,
+    OllamaJson(mut req): OllamaJson<ChatRequest>,
 ) -> Result<Response, OllamaError> {
     let arrival = Instant::now();
-    let checked = req.common.check()?;
-    let keep = keep_alive(req.common.keep_alive.as_ref())?;
+    let common = req.common();
+    let checked = common.check()?;
+    let keep = keep_alive(common.keep_alive.as_ref())?;
     unsupported("tools", &req.tools)?;
     let messages = req.messages.unwrap_or_default();
     let mut msgs = Vec::with_capacity(messages.len());

@@ -86,11 +86,12 @@ async fn prompt_tokens(
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    OllamaJson(req): OllamaJson<GenerateRequest>,
+    OllamaJson(mut req): OllamaJson<GenerateRequest>,
 ) -> Result<Response, OllamaError> {
     let arrival = Instant::now();
-    let checked = req.common.check()?;
-    let keep = keep_alive(req.common.keep_alive.as_ref())?;
+    let common = req.common();
+    let checked = common.check()?;
+    let keep = keep_alive(common.keep_alive.as_ref())?;
     unsupported("images", &req.images)?;
     no_text("suffix", &req.suffix)?;
     no_text("template", &req.template)?;

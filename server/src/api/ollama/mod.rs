@@ -19,7 +19,7 @@ mod chat;
 mod generate;
 mod info;
 mod respond;
-mod types;
+pub mod types;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,8 +32,11 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{openai, ApiError, AppState, JsonBody, Permit, Served};
-use crate::registry::{normalize, KeepAlive};
+use super::{lean::Loose, ApiError, AppState, JsonBody, Served};
+use crate::{
+    generation::{admission::Cost, Permit},
+    registry::{normalize, KeepAlive},
+};
 
 /// The Ollama version `/api/version` reports. Clients gate features on it (e.g. structured
 /// outputs need >= 0.5), so it is a fixed Ollama release whose API this layer follows rather
@@ -70,6 +73,12 @@ pub struct OllamaError(pub ApiError);
 impl From<ApiError> for OllamaError {
     fn from(e: ApiError) -> Self {
         Self(e)
+    }
+}
+
+impl From<crate::generation::GenError> for OllamaError {
+    fn from(e: crate::generation::GenError) -> Self {
+        Self(e.into())
     }
 }
 
@@ -121,6 +130,16 @@ fn not_found(model: &str) -> OllamaError {
     OllamaError(e)
 }
 
+/// An error resolving `model`, with Ollama's 404 wording when nothing has that name.
+fn map_404(model: &str, e: impl Into<ApiError>) -> OllamaError {
+    let e = e.into();
+    if e.status == StatusCode::NOT_FOUND {
+        not_found(model)
+    } else {
+        OllamaError(e)
+    }
+}
+
 /// RFC 3339 in UTC with microseconds, the precision every client's date parser accepts.
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -142,25 +161,32 @@ struct Admitted {
 }
 
 /// Resolves `model` (`x` and `x:latest` alike), loading it first when it is known but not
-/// loaded, and takes an admission permit.
+/// loaded, and takes an admission permit for one sequence (Ollama has no `n`).
 async fn admit(state: &Arc<AppState>, model: &str) -> Result<Admitted, OllamaError> {
     if model.is_empty() {
         return Err(invalid("model", "model is required"));
     }
     let name = normalize(model);
-    let map_404 = |e: ApiError| if e.status == StatusCode::NOT_FOUND { not_found(model) } else { OllamaError(e) };
     // A catalog entry that is not loaded loads now, and one that is loading is waited for, as
     // Ollama loads on first use; a ready model (or a LoRA adapter) costs nothing here.
-    let load = state.registry.load_on_demand(name).await.map_err(map_404)?;
-    let (served, adapter, permit) = openai::admit(state, name).map_err(map_404)?;
+    let load = state.registry.load_on_demand(name).await.map_err(|e| map_404(model, e))?;
+    let (served, adapter) = state.resolve(name).map_err(|e| map_404(model, e))?;
+    let permit = state.admit(&served, Cost::one(1))?;
     Ok(Admitted { served, adapter, permit, load })
 }
 
 /// `keep_alive` of a request, checked before any work is done.
-fn keep_alive(v: Option<&serde_json::Value>) -> Result<Option<KeepAlive>, OllamaError> {
+fn keep_alive(v: Option<&Loose>) -> Result<Option<KeepAlive>, OllamaError> {
     match v {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => KeepAlive::from_json(v).map(Some).map_err(|e| invalid("keep_alive", format!("keep_alive: {e}"))),
+        None => Ok(None),
+        Some(l) if l.is_null() => Ok(None),
+        Some(Loose::Scalar(v)) => {
+            KeepAlive::from_json(v).map(Some).map_err(|e| invalid("keep_alive", format!("keep_alive: {e}")))
+        }
+        Some(other) => Err(invalid(
+            "keep_alive",
+            format!("keep_alive: expected a duration like \"5m\" or a number of seconds, got {other}"),
+        )),
     }
 }
 
@@ -177,16 +203,15 @@ async fn load_or_unload(
         return Err(invalid("model", "model is required"));
     }
     let name = normalize(model);
-    let map_404 = |e: ApiError| if e.status == StatusCode::NOT_FOUND { not_found(model) } else { OllamaError(e) };
     let reason = if keep == Some(KeepAlive::For(Duration::ZERO)) {
-        match state.registry.unload(name).await {
+        match state.registry.unload(name).await.map_err(ApiError::from) {
             // A catalog entry that is not loaded is already where unloading would put it.
             Err(e) if e.status == StatusCode::NOT_FOUND && state.registry.catalog().get(name).is_some() => {}
-            r => r.map_err(map_404)?,
+            r => r.map_err(|e| map_404(model, e))?,
         }
         "unload"
     } else {
-        state.registry.load_on_demand(name).await.map_err(map_404)?;
+        state.registry.load_on_demand(name).await.map_err(|e| map_404(model, e))?;
         if let (Some(k), Some(served)) = (keep, state.registry.ready().into_iter().find(|s| s.name == name)) {
             served.set_keep_alive(k);
         }

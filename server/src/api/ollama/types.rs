@@ -6,9 +6,47 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{invalid, OllamaError};
-use crate::generation::SamplingFields;
+use flint_engine::sampling::MAX_LOGPROBS;
 
+use super::{invalid, OllamaError};
+use crate::{
+    api::lean::{Loose, OptionsArg},
+    generation::SamplingFields,
+};
+
+/// Adds the fields `generate` and `chat` share after a request struct's own, with
+/// [`Common`] taken out by `common()`. Written out instead of `#[serde(flatten)]`, which would
+/// buffer every unknown field of the body into an intermediate tree first.
+macro_rules! with_common_fields {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        pub struct $name {
+            $($body)*
+            pub options: Option<OptionsArg>,
+            pub format: Option<Loose>,
+            pub think: Option<Loose>,
+            pub keep_alive: Option<Loose>,
+            pub logprobs: Option<Loose>,
+            pub top_logprobs: Option<Loose>,
+        }
+
+        impl $name {
+            /// The shared fields, moved out.
+            pub fn common(&mut self) -> Common {
+                Common {
+                    options: self.options.take(),
+                    format: self.format.take(),
+                    think: self.think.take(),
+                    keep_alive: self.keep_alive.take(),
+                    logprobs: self.logprobs.take(),
+                    top_logprobs: self.top_logprobs.take(),
+                }
+            }
+        }
+    };
+}
+
+with_common_fields! {
 /// `POST /api/generate`.
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest {
@@ -22,42 +60,38 @@ pub struct GenerateRequest {
     pub context: Option<Vec<i64>>,
     pub stream: Option<bool>,
     pub raw: Option<bool>,
-    pub images: Option<Vec<Value>>,
-    #[serde(flatten)]
-    pub common: Common,
+    pub images: Option<Loose>,
+}
 }
 
+with_common_fields! {
 /// `POST /api/chat`.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Option<Vec<Message>>,
-    pub tools: Option<Vec<Value>>,
+    pub tools: Option<Loose>,
     pub stream: Option<bool>,
-    #[serde(flatten)]
-    pub common: Common,
+}
 }
 
-/// The fields `generate` and `chat` share.
-///
-/// `flatten` is fine here (unlike in the OpenAI types) because every field is a loose
-/// `Value` checked by hand, so the error messages name the field anyway.
-#[derive(Debug, Default, Deserialize)]
+/// The fields `generate` and `chat` share, each checked by hand ([`Common::check`]).
+#[derive(Debug, Default)]
 pub struct Common {
-    pub options: Option<Value>,
-    pub format: Option<Value>,
-    pub think: Option<Value>,
-    pub keep_alive: Option<Value>,
-    pub logprobs: Option<Value>,
-    pub top_logprobs: Option<Value>,
+    pub options: Option<OptionsArg>,
+    pub format: Option<Loose>,
+    pub think: Option<Loose>,
+    pub keep_alive: Option<Loose>,
+    pub logprobs: Option<Loose>,
+    pub top_logprobs: Option<Loose>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: Option<String>,
-    pub images: Option<Vec<Value>>,
-    pub tool_calls: Option<Vec<Value>>,
+    pub images: Option<Loose>,
+    pub tool_calls: Option<Loose>,
 }
 
 /// `POST /api/show`: `model`, or `name` from older clients.
@@ -69,9 +103,9 @@ pub struct ShowRequest {
 
 /// 400 when a field flint cannot honour is given a non-empty value, rather than silently
 /// answering something else than what was asked.
-pub fn unsupported<T>(field: &str, v: &Option<Vec<T>>) -> Result<(), OllamaError> {
+pub fn unsupported(field: &str, v: &Option<Loose>) -> Result<(), OllamaError> {
     match v {
-        Some(list) if !list.is_empty() => Err(invalid(field, format!("`{field}` is not supported by flint"))),
+        Some(l) if !l.is_empty() => Err(invalid(field, format!("`{field}` is not supported by flint"))),
         _ => Ok(()),
     }
 }
@@ -86,33 +120,40 @@ pub struct Checked {
 impl Common {
     /// Checks `format` and `think` (unsupported), `options` and the logprob fields.
     pub fn check(&self) -> Result<Checked, OllamaError> {
-        match &self.format {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.is_empty() => {}
+        let scalar = |v: &Option<Loose>| v.as_ref().map(|l| l.scalar().cloned());
+        match scalar(&self.format) {
+            None | Some(Some(Value::Null)) => {}
+            Some(Some(Value::String(s))) if s.is_empty() => {}
             Some(_) => return Err(invalid("format", "format: structured output is not supported yet")),
         }
-        match &self.think {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        match scalar(&self.think) {
+            None | Some(Some(Value::Null)) | Some(Some(Value::Bool(false))) => {}
             Some(_) => return Err(invalid("think", "think: thinking is not supported by flint's models")),
         }
         let options = match &self.options {
-            None | Some(Value::Null) => Options::parse(&Map::new())?,
-            Some(Value::Object(m)) => Options::parse(m)?,
-            Some(other) => return Err(invalid("options", format!("`options` must be an object, got {other}"))),
+            None => Options::parse(&Map::new())?,
+            Some(OptionsArg::Map(m)) => Options::parse(m)?,
+            Some(OptionsArg::Other(other)) => {
+                return Err(invalid("options", format!("`options` must be an object, got {other}")))
+            }
         };
         let want = match &self.logprobs {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(invalid("logprobs", format!("`logprobs` must be a boolean, got {other}"))),
+            None => false,
+            Some(l) => match l.scalar() {
+                Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                _ => return Err(invalid("logprobs", format!("`logprobs` must be a boolean, got {l}"))),
+            },
         };
         let top = match &self.top_logprobs {
-            None | Some(Value::Null) => 0,
-            Some(v) => match v.as_u64() {
-                Some(k) if k <= 20 => k as usize,
+            None => 0,
+            Some(l) if l.is_null() => 0,
+            Some(l) => match l.scalar().and_then(Value::as_u64) {
+                Some(k) if k <= MAX_LOGPROBS as u64 => k as usize,
                 _ => {
                     return Err(invalid(
                         "top_logprobs",
-                        format!("`top_logprobs` must be an integer in 0..=20, got {v}"),
+                        format!("`top_logprobs` must be an integer in 0..={MAX_LOGPROBS}, got {l}"),
                     ))
                 }
             },
