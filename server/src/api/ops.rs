@@ -74,15 +74,23 @@ use crate::registry::ModelState;
 )]
 struct ApiDoc;
 
-/// Create a chat completion (`stream: true` answers with server-sent events).
+/// Create a chat completion (`stream: true` answers with server-sent events: one
+/// `ChatCompletionChunk` per `data:` line, then `data: [DONE]`).
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
-    responses((status = 200, body = ChatCompletion), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn chat_completions_doc() {}
 
-/// Create a completion (`stream: true` answers with server-sent events).
+/// Create a completion (`stream: true` answers with server-sent events: one `Completion` chunk
+/// per `data:` line, then `data: [DONE]`).
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
-    responses((status = 200, body = Completion), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content((Completion = "application/json"), (String = "text/event-stream"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn completions_doc() {}
 
