@@ -401,6 +401,40 @@ proptest! {
         }
     }
 
+    /// Headers that are any JSON at all (tensor entries of random shape), any claimed length,
+    /// and a few data bytes, as model and as adapter weights.
+    #[test]
+    fn arbitrary_safetensors_headers(
+        entries in proptest::collection::btree_map(
+            "[a-z_.]{1,12}",
+            prop_oneof![
+                3 => (dtype_value(), proptest::collection::vec(dim_value(), 0..4), proptest::collection::vec(dim_value(), 0..3))
+                    .prop_map(|(d, s, o)| json!({"dtype": d, "shape": s, "data_offsets": o})),
+                1 => json_value(),
+            ],
+            0..4,
+        ),
+        length in proptest::option::weighted(0.2, prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()]),
+        data in proptest::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let text = Value::Object(entries.into_iter().collect()).to_string();
+        let mut bytes = length.unwrap_or(text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&data);
+        let dir = model_dir_with(&bytes);
+        let weights = dir.path().join("model.safetensors");
+        let (checked, used) = measure(|| crate::loader::check_safetensors(&weights));
+        prop_assert!(used.total <= 16 * bytes.len() + (1 << 20), "checking {} bytes allocated {used:?}", bytes.len());
+        if let Err(e) = checked {
+            check_error(&e, &weights, &[]);
+        }
+        let config = std::fs::read_to_string(tiny_adapter().join("adapter_config.json")).expect("fixture");
+        let adapter = adapter_dir_with(&config, &bytes);
+        if let Err(e) = LoraAdapter::load(adapter.path(), &tiny_config(), 16) {
+            check_error(&e, &adapter.path().join("adapter_model.safetensors"), &[]);
+        }
+    }
+
     /// Mutated adapter weights with the fixture's config.
     #[test]
     fn mutated_adapter_weights(muts in proptest::collection::vec(st_mutation(), 1..4)) {
