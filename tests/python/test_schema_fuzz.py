@@ -41,12 +41,7 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 # A case failing only with these passes (so the operation's other cases still run and any other
 # failure still fails it); what was seen is reported by `test_known_failures`, an xfail until
 # the fixes land.
-KNOWN = {
-    "ChatChoice/properties/stop_reason": "spec: stop_reason is documented as an object but is null, "
-                                         "a string or a token id (server/src/api/types.rs)",
-    "CompletionChoice/properties/stop_reason": "spec: stop_reason is documented as an object but is "
-                                               "null, a string or a token id (server/src/api/types.rs)",
-}
+KNOWN = {}
 # Known failures seen in this run: reason -> operation labels.
 SEEN = {}
 

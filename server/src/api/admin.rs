@@ -208,7 +208,7 @@ pub async fn load(
 
 /// Unload a model once its running requests are done.
 #[utoipa::path(post, path = "/admin/models/unload", request_body = UnloadModelRequest,
-    responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn unload(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody<UnloadModelRequest>,

@@ -123,8 +123,19 @@ async fn read_purpose(field: &mut Field<'_>, limit: usize) -> Result<String, Par
     Ok(purpose)
 }
 
+/// The parts of an upload, as the OpenAPI document describes them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The file's bytes (JSONL for `fine-tune`).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// `fine-tune`, `batch`, `assistants`, `user_data`, …
+    purpose: String,
+}
+
 /// Upload a file (`multipart/form-data` with parts `file` and `purpose`).
-#[utoipa::path(post, path = "/v1/files", request_body(content_type = "multipart/form-data", content = String),
+#[utoipa::path(post, path = "/v1/files", request_body(content_type = "multipart/form-data", content = UploadForm),
     responses((status = 200, body = FileObject), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn upload_file(
     State(state): State<Arc<AppState>>,

@@ -24,7 +24,7 @@ use super::{
 /// Load a LoRA adapter (PEFT format) from `--lora-dir` and serve it as `lora_name`.
 #[utoipa::path(post, path = "/v1/load_lora_adapter", request_body = LoadLoraAdapterRequest,
     responses((status = 200, description = "`Success: LoRA adapter '<name>' added successfully.`",
-        body = String, content_type = "text/plain"), (status = 400, body = ErrorBody)))]
+        body = String, content_type = "text/plain"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn load_lora_adapter(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<LoadLoraAdapterRequest>,
