@@ -20,6 +20,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Serde, Value};
 use minijinja::{Environment, ErrorKind};
 
+mod budget;
 mod helpers;
 mod preprocess;
 #[cfg(test)]
@@ -38,6 +39,12 @@ pub const DEFAULT_FUEL: u64 = 5_000_000;
 
 /// Longest prompt a render may produce.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// Most text a render may build, printed or not (values printed, assigned by `{% set %}` or
+/// captured by a block `{% set %}`, summed): real templates build a few times their output,
+/// so a template doubling a string in a loop stops here instead of exhausting memory.
+pub const DEFAULT_MAX_BUILT_BYTES: usize = 8 * DEFAULT_MAX_OUTPUT_BYTES;
+// (A larger output limit raises it to 8x that limit, see `budget::budget_for`.)
 
 /// One chat message as the template sees it (`message.role`, `message['content']`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,6 +86,11 @@ pub enum TemplateError {
     /// The render executed more than its instruction budget (an endless or huge loop).
     #[error("chat template exceeded its execution limit of {fuel} instructions (endless loop?)")]
     FuelExhausted { fuel: u64 },
+
+    /// The render built more text than its budget ([`DEFAULT_MAX_BUILT_BYTES`]), printed or
+    /// not (a string doubled in a loop, say).
+    #[error("chat template built more than {limit} bytes of text")]
+    BuiltTooMuch { limit: usize },
 
     /// The rendered prompt grew beyond the output limit.
     #[error("chat template output exceeds the limit of {limit} bytes")]
@@ -152,7 +164,8 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, preprocess(source))
+        env.add_function(budget::BUILT_FN, budget::counter(DEFAULT_MAX_BUILT_BYTES));
+        env.add_template_owned(TEMPLATE_NAME, budget::instrument(&preprocess(source)))
             .map_err(|e| TemplateError::Syntax {
                 message: error_message(&e),
                 line: e.line(),
@@ -228,6 +241,7 @@ impl ChatTemplate {
     /// Changes the output limit per render (default [`DEFAULT_MAX_OUTPUT_BYTES`]).
     pub fn with_max_output_bytes(mut self, limit: usize) -> Self {
         self.max_output_bytes = limit;
+        self.env.add_function(budget::BUILT_FN, budget::counter(budget::budget_for(limit)));
         self
     }
 
@@ -299,6 +313,9 @@ impl ChatTemplate {
         while let Some(err) = source {
             if let Some(Raised(msg)) = err.downcast_ref::<Raised>() {
                 return TemplateError::Raised(msg.clone());
+            }
+            if err.downcast_ref::<budget::BuiltTooMuch>().is_some() {
+                return TemplateError::BuiltTooMuch { limit: budget::budget_for(self.max_output_bytes) };
             }
             source = err.source();
         }
