@@ -2,6 +2,8 @@
 //! `flint convert`) against transformers' greedy output on the same dequantized weights
 //! (tests/fixtures/smollm2/reference.json, recorded by scripts/make_fixtures.py).
 //! Skipped when the model is not installed, unless FLINT_REQUIRE_DEFAULT_MODEL=1.
+// The closures handed to `generate_ids` return the engine's (large) error type by design.
+#![allow(clippy::result_large_err)]
 
 mod common;
 

@@ -120,7 +120,7 @@ impl TrainHooks for Record {
     fn on_validation(&mut self, step: usize, loss: f64) {
         self.validations.push((step, loss));
     }
-    fn on_checkpoint(&mut self, step: usize, _: &TrainableModel) -> Result<(), String> {
+    fn on_checkpoint(&mut self, step: usize, _: &TrainableModel) -> Result<(), flint_engine::finetune::CheckpointError> {
         self.checkpoints.push(step);
         Ok(())
     }

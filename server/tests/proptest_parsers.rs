@@ -101,7 +101,7 @@ fn request(
     p: f64,
     optional: Vec<(&'static str, BoxedStrategy<Value>)>,
 ) -> BoxedStrategy<Value> {
-    let presence = std::iter::repeat(0.975).take(required.len()).chain(std::iter::repeat(p));
+    let presence = std::iter::repeat_n(0.975, required.len()).chain(std::iter::repeat(p));
     let entries: Vec<_> = required
         .into_iter()
         .chain(optional)
@@ -363,7 +363,7 @@ fn ollama_chat_body() -> BoxedStrategy<Value> {
     fields.extend(ollama_common());
     request(vec![("model", model())], 0.35, fields)
         .prop_map(|mut v| {
-            if !v.get("messages").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+            if v.get("messages").is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty())) {
                 v["messages"] = json!([{"role": "user", "content": "x"}]);
             }
             v

@@ -143,6 +143,9 @@ pub struct StepMetrics {
     pub elapsed: Duration,
 }
 
+/// Why the caller's checkpoint hook failed (its own error type, kept as the source).
+pub type CheckpointError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// How the caller follows and steers a run. Called on the training thread.
 pub trait TrainHooks {
     fn on_step(&mut self, m: &StepMetrics);
@@ -150,7 +153,7 @@ pub trait TrainHooks {
     fn on_validation(&mut self, step: usize, loss: f64);
     /// At the end of every epoch but the last, with the adapters as they are; an error stops
     /// the run with [`TrainError::Checkpoint`].
-    fn on_checkpoint(&mut self, step: usize, model: &TrainableModel) -> Result<(), String> {
+    fn on_checkpoint(&mut self, step: usize, model: &TrainableModel) -> Result<(), CheckpointError> {
         let _ = (step, model);
         Ok(())
     }
@@ -197,8 +200,12 @@ pub enum TrainError {
     InvalidExample { split: &'static str, index: usize, reason: String },
     #[error("training diverged at step {step}: the loss is {loss}")]
     Diverged { step: usize, loss: f64 },
-    #[error("checkpoint after step {step} failed: {reason}")]
-    Checkpoint { step: usize, reason: String },
+    #[error("checkpoint after step {step} failed: {source}")]
+    Checkpoint {
+        step: usize,
+        #[source]
+        source: CheckpointError,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("training step failed: {0}")]

@@ -167,7 +167,7 @@ pub fn train(
             }
         }
         if epoch < tc.epochs {
-            hooks.on_checkpoint(out.steps, &model).map_err(|reason| TrainError::Checkpoint { step: out.steps, reason })?;
+            hooks.on_checkpoint(out.steps, &model).map_err(|source| TrainError::Checkpoint { step: out.steps, source })?;
         }
     }
     Ok(out.finish(model, false))

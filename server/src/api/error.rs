@@ -203,7 +203,7 @@ impl From<GenError> for ApiError {
             }
             // Nobody reads it: the client has gone.
             GenError::Cancelled => Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the request was cancelled"),
-            GenError::Engine(e) => e.into(),
+            GenError::Engine(e) => (*e).into(),
             GenError::Internal(m) => Self::internal(m),
         }
     }

@@ -201,7 +201,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_prompt_bytes: args.max_prompt_bytes,
             },
             prefix_cache_per_key: args.prefix_cache_per_key,
-            ..ServerConfig::default()
         },
         registry.clone(),
     )

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flint_engine::finetune::{StepMetrics, TrainHooks, TrainableModel};
+use flint_engine::finetune::{CheckpointError, StepMetrics, TrainHooks, TrainableModel};
 use serde_json::json;
 
 use super::{
@@ -95,8 +95,8 @@ impl TrainHooks for Hooks {
         self.ft.event(&self.job.id, "info", &format!("Step {step}: validation loss={loss:.4}"), Some(data));
     }
 
-    /// The engine's hook takes a message; the error's text is also kept for the job.
-    fn on_checkpoint(&mut self, step: usize, model: &TrainableModel) -> Result<(), String> {
+    /// The error's text is also kept for the job.
+    fn on_checkpoint(&mut self, step: usize, model: &TrainableModel) -> Result<(), CheckpointError> {
         let metrics = json!({"step": step, "train_loss": self.last_loss});
         match self.publish(model, Some(step), metrics) {
             Ok(name) => {
@@ -104,9 +104,8 @@ impl TrainHooks for Hooks {
                 Ok(())
             }
             Err(e) => {
-                let e = e.to_string();
-                self.error = Some(e.clone());
-                Err(e)
+                self.error = Some(e.to_string());
+                Err(Box::new(e))
             }
         }
     }

@@ -42,11 +42,18 @@ pub enum GenError {
     /// The client left before the work was done.
     #[error("the request was cancelled")]
     Cancelled,
+    /// Boxed: the engine's errors are large, and this layer's results are everywhere.
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(Box<EngineError>),
     /// A bug or a dead worker thread, not the request's fault.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<EngineError> for GenError {
+    fn from(e: EngineError) -> Self {
+        Self::Engine(Box::new(e))
+    }
 }
 
 impl GenError {
@@ -57,22 +64,6 @@ impl GenError {
 
 pub type Result<T, E = GenError> = std::result::Result<T, E>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn salts_keep_tenants_and_requests_apart() {
-        assert_eq!(cache_salt(None, None), None);
-        let a = cache_salt(Some(b"key-a"), None);
-        assert_ne!(a, cache_salt(Some(b"key-b"), None));
-        assert_eq!(a, cache_salt(Some(b"key-a"), None));
-        assert_ne!(a, cache_salt(Some(b"key-a"), Some("s")));
-        assert_ne!(cache_salt(None, Some("s")), cache_salt(Some(b""), Some("s")));
-        assert!(!a.unwrap().contains("key-a"), "the key itself is never part of the salt");
-        assert!(check_cache_salt(Some("")).is_err() && check_cache_salt(Some(&"x".repeat(257))).is_err());
-    }
-}
 
 /// Longest `cache_salt` a request may give, in bytes.
 pub const MAX_CACHE_SALT_BYTES: usize = 256;
@@ -119,4 +110,21 @@ pub fn now() -> i64 {
 pub fn new_id(prefix: &str) -> String {
     let n: u128 = rand::rng().random();
     format!("{prefix}-{:024x}", n & ((1u128 << 96) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salts_keep_tenants_and_requests_apart() {
+        assert_eq!(cache_salt(None, None), None);
+        let a = cache_salt(Some(b"key-a"), None);
+        assert_ne!(a, cache_salt(Some(b"key-b"), None));
+        assert_eq!(a, cache_salt(Some(b"key-a"), None));
+        assert_ne!(a, cache_salt(Some(b"key-a"), Some("s")));
+        assert_ne!(cache_salt(None, Some("s")), cache_salt(Some(b""), Some("s")));
+        assert!(!a.unwrap().contains("key-a"), "the key itself is never part of the salt");
+        assert!(check_cache_salt(Some("")).is_err() && check_cache_salt(Some(&"x".repeat(257))).is_err());
+    }
 }

@@ -48,7 +48,7 @@ pub fn submit(
     for (prompt, params) in jobs {
         let stream = served.engine.submit(prompt, params, opts.clone()).map_err(|e| match (e, adapter) {
             (EngineError::UnknownAdapter(_), Some(name)) => GenError::AdapterGone(name.to_owned()),
-            (e, _) => GenError::Engine(e),
+            (e, _) => e.into(),
         })?;
         streams.push(stream);
     }
