@@ -241,26 +241,39 @@ impl<'de> Deserialize<'de> for OptionsArg {
     }
 }
 
-/// `stop`: a string or a list of strings (`null`: none).
-pub fn stop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopField>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<StopField>;
+/// A field that is a string or a list of `T` (`null`: none), read on its first token.
+fn string_or_list<'de, D, T, R>(
+    d: D,
+    expecting: &'static str,
+    one: fn(String) -> R,
+    many: fn(Vec<T>) -> R,
+) -> Result<Option<R>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T, R> {
+        expecting: &'static str,
+        one: fn(String) -> R,
+        many: fn(Vec<T>) -> R,
+    }
+    impl<'de, T: Deserialize<'de>, R> Visitor<'de> for V<T, R> {
+        type Value = Option<R>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a string or a list of strings")
+            f.write_str(self.expecting)
         }
         fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(StopField::One(v.to_owned())))
+            Ok(Some((self.one)(v.to_owned())))
         }
         fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-            Ok(Some(StopField::One(v)))
+            Ok(Some((self.one)(v)))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(s) = seq.next_element::<String>()? {
-                out.push(s);
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<T>()? {
+                items.push(item);
             }
-            Ok(Some(StopField::Many(out)))
+            Ok(Some((self.many)(items)))
         }
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
             Ok(None)
@@ -272,41 +285,17 @@ pub fn stop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopField>, D::Err
             d.deserialize_any(self)
         }
     }
-    d.deserialize_any(V)
+    d.deserialize_any(V { expecting, one, many })
+}
+
+/// `stop`: a string or a list of strings (`null`: none).
+pub fn stop<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopField>, D::Error> {
+    string_or_list(d, "a string or a list of strings", StopField::One, StopField::Many)
 }
 
 /// A chat message's `content`: a string or a list of parts (`null`: none).
 pub fn message_content<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MessageContent>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<MessageContent>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a string or a list of content parts")
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(MessageContent::Text(v.to_owned())))
-        }
-        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-            Ok(Some(MessageContent::Text(v)))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut parts = Vec::new();
-            while let Some(p) = seq.next_element::<ContentPart>()? {
-                parts.push(p);
-            }
-            Ok(Some(MessageContent::Parts(parts)))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-    d.deserialize_any(V)
+    string_or_list::<_, ContentPart, _>(d, "a string or a list of content parts", MessageContent::Text, MessageContent::Parts)
 }
 
 /// One item of a `prompt` list: its kind is decided by its first token.
