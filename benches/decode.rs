@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
         eprintln!("default model not installed: run scripts/default-model.sh first");
         return;
     };
-    let m = load(&dir, &LoadOptions { device: Device::Cpu, dtype: None }).expect("model loads");
+    let m = load(&dir, &LoadOptions { device: Device::Cpu, dtype: None, quantization: None }).expect("model loads");
     let vocab = m.config.vocab_size as u32;
     // A fixed pseudo-random prompt: content does not change the cost.
     let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7919 + 13) % vocab).collect();

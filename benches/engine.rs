@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         eprintln!("default model not installed: run scripts/default-model.sh first");
         return;
     };
-    let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.prefix_caching = false;
     let engine = EngineHandle::start(cfg).expect("engine starts");
     let vocab = engine.info().model.vocab_size as u32;

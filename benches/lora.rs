@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         eprintln!("default model not installed: run scripts/default-model.sh first");
         return;
     };
-    let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.prefix_caching = false;
     cfg.lora = Some(LoraSettings { max_loras: REQUESTS, max_lora_rank: RANK });
     let engine = EngineHandle::start(cfg).expect("engine starts");

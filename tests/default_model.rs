@@ -21,7 +21,7 @@ fn reference() -> serde_json::Value {
 fn greedy_output_matches_transformers() {
     let Some(dir) = common::default_model() else { return };
     let reference = reference();
-    let opts = LoadOptions { device: Device::Cpu, dtype: None };
+    let opts = LoadOptions { device: Device::Cpu, dtype: None, quantization: None };
     let mut generator = Generator::load(&dir, &opts, GeneratorOptions::default()).unwrap();
     for case in reference["greedy_cases"].as_array().unwrap() {
         let prompt = common::ids(&case["prompt_ids"]);
@@ -63,7 +63,7 @@ async fn batched_engine_matches_transformers() {
         jobs.push((prompt, max_tokens, want));
     }
     for blocks in [KvCacheBudget::Bytes(256 << 20), KvCacheBudget::Blocks(24)] {
-        let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None });
+        let mut cfg = EngineConfig::new(&dir, LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
         cfg.kv_cache = blocks;
         let h = EngineHandle::start(cfg).unwrap();
         let streams: Vec<_> =

@@ -20,7 +20,7 @@ use flint_engine::{
 const ADAPTERS: [&str; 3] = ["attn-r8", "all-r16-rslora", "mlp-r4"];
 
 fn engine(dir: &std::path::Path, sampling: SamplingDevice, lora: bool) -> EngineHandle {
-    let mut cfg = EngineConfig::new(dir, LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(dir, LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.block_size = 4;
     cfg.kv_cache = KvCacheBudget::Blocks(512);
     cfg.sampling = sampling;

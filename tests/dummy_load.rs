@@ -23,7 +23,7 @@ async fn a_config_alone_serves_with_random_weights() {
     let dir = tempfile::tempdir().unwrap();
     let src = common::fixtures().join("tiny").join("qwen2").join("config.json");
     std::fs::copy(src, dir.path().join("config.json")).unwrap();
-    let opts = LoadOptions { device: Device::Cpu, dtype: None };
+    let opts = LoadOptions { device: Device::Cpu, dtype: None, quantization: None };
     let m = load_dummy(dir.path(), &opts).unwrap();
     assert_eq!(m.config.num_layers, 2);
 

@@ -16,7 +16,7 @@ fn tiny_model() -> tempfile::TempDir {
 }
 
 fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> EngineHandle {
-    let load = LoadOptions { device: Device::Cpu, dtype: None };
+    let load = LoadOptions { device: Device::Cpu, dtype: None, quantization: None };
     let mut cfg = EngineConfig::new(dir, load);
     cfg.block_size = 4;
     cfg.kv_cache = KvCacheBudget::Blocks(1024);
@@ -242,7 +242,7 @@ async fn impossible_requests_are_refused_before_queueing() {
     // Load failures come back from start, naming the file.
     let empty = tempfile::tempdir().unwrap();
     flint_engine::tokenizer::testing::write_byte_level_tokenizer(empty.path()).unwrap();
-    let load = LoadOptions { device: Device::Cpu, dtype: None };
+    let load = LoadOptions { device: Device::Cpu, dtype: None, quantization: None };
     let e = EngineHandle::start(EngineConfig::new(empty.path(), load)).err().expect("fails").to_string();
     assert!(e.contains("config.json"), "{e}");
 }

@@ -36,7 +36,7 @@ fn padded(seqs: &[Vec<u32>]) -> (Tensor, Tensor) {
 
 /// The inference model in f32, with `adapter` in LoRA slot 0 when given.
 fn inference(dir: &Path, adapter: Option<&LoraAdapter>) -> LoadedModel {
-    let mut m = load(dir, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let mut m = load(dir, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).unwrap();
     if let Some(a) = adapter {
         m.model.enable_lora(2, a.rank).unwrap();
         m.model.set_lora_slot(0, Some(a)).unwrap();

@@ -39,7 +39,7 @@ fn flint_serves_its_trained_adapters_with_peft_logits() {
     for arch in recipe::ARCHS {
         let fixtures = common::fixtures();
         let base = recipe::base_dir(&fixtures, arch);
-        let mut m = load(&base, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+        let mut m = load(&base, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).unwrap();
         let adapter = LoraAdapter::load(&recipe::ft_dir(&fixtures, arch).join("adapter"), &m.config, 8).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let tc = recipe::train_config(arch);
         assert_eq!((adapter.rank, adapter.scale, &adapter.targets), (8, 2.0, &tc.lora.targets), "{arch}: adapter settings");

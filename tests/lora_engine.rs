@@ -24,7 +24,7 @@ fn base_dir() -> tempfile::TempDir {
 }
 
 async fn engine(dir: &std::path::Path, max_loras: usize) -> EngineHandle {
-    let mut cfg = EngineConfig::new(dir, LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(dir, LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.block_size = 4;
     cfg.kv_cache = KvCacheBudget::Blocks(256);
     cfg.lora = Some(LoraSettings { max_loras, max_lora_rank: 16 });
@@ -112,7 +112,7 @@ async fn adapter_errors_are_typed() {
     assert!(matches!(h.generate_with(vec![5, 6], greedy(2), Some("nope")), Err(EngineError::UnknownAdapter(_))));
     assert_eq!(h.adapters().len(), 3);
     // LoRA off: adapters are refused up front.
-    let mut cfg = EngineConfig::new(dir.path(), LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(dir.path(), LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.kv_cache = KvCacheBudget::Blocks(64);
     let plain = EngineHandle::start(cfg).unwrap();
     assert!(matches!(plain.load_adapter("a", lora_fixtures().join("attn-r8")).await, Err(EngineError::LoraDisabled)));

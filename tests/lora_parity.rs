@@ -19,7 +19,7 @@ fn lora_dir(base: &str) -> PathBuf {
 /// The base model with LoRA enabled and every fixture adapter in slots 0, 1, 2.
 fn base_with_adapters(base: &str) -> (LoadedModel, serde_json::Value) {
     let dir = common::fixtures().join("tiny").join(base);
-    let mut m = load(&dir, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).expect("base loads");
+    let mut m = load(&dir, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).expect("base loads");
     m.model.enable_lora(4, 16).expect("lora slots");
     for (slot, name) in ADAPTERS.iter().enumerate() {
         let a = LoraAdapter::load(&lora_dir(base).join(name), &m.config, 16).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -107,7 +107,7 @@ fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
 #[test]
 fn bad_adapters_are_refused_by_name() {
     let base = common::fixtures().join("tiny").join("llama-gqa-tied");
-    let m = load(&base, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let m = load(&base, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).unwrap();
     let err = |dir: &Path, max_rank: usize| LoraAdapter::load(dir, &m.config, max_rank).expect_err("refused").to_string();
     let ok = lora_dir("llama-gqa-tied").join("attn-r8");
     assert!(LoraAdapter::load(&ok, &m.config, 8).is_ok());
@@ -140,7 +140,7 @@ fn bad_adapters_are_refused_by_name() {
     assert!(err(d.path(), 16).contains("invalid JSON"));
     // An adapter for another base model: q_proj has other shapes.
     let qwen3 = common::fixtures().join("tiny").join("qwen3");
-    let m3 = load(&qwen3, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let m3 = load(&qwen3, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).unwrap();
     if m3.config.num_heads * m3.config.head_dim != m.config.num_heads * m.config.head_dim {
         let e = LoraAdapter::load(&ok, &m3.config, 16).expect_err("other base").to_string();
         assert!(e.contains("shape"), "{e}");

@@ -14,7 +14,7 @@ const MODELS: [&str; 6] =
 
 fn load_tiny(name: &str, dtype: DType) -> (LoadedModel, serde_json::Value, PathBuf) {
     let dir = common::fixtures().join("tiny").join(name);
-    let opts = LoadOptions { device: Device::Cpu, dtype: Some(dtype) };
+    let opts = LoadOptions { device: Device::Cpu, dtype: Some(dtype), quantization: None };
     let model = load(&dir, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference = common::read_json(&dir.join("reference.json"));
     (model, reference, dir)

@@ -19,7 +19,7 @@ pub(crate) fn tiny_engine(tweak: impl FnOnce(&mut EngineConfig)) -> (tempfile::T
         "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
     });
     std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
-    let mut cfg = EngineConfig::new(dir.path(), LoadOptions { device: Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(dir.path(), LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     cfg.dummy_weights = true;
     cfg.block_size = 16;
     cfg.kv_cache = KvCacheBudget::Blocks(1024);

@@ -16,6 +16,8 @@
 //!   decoder layer's fused elementwise steps.
 //! - [`lora_delta`] with [`LoraTokens`] / [`SlotParams`]: the batched multi-adapter LoRA
 //!   matmul (each token its own adapter slot).
+//! - [`qmatmul`] with [`PackedQ`] / [`QKind`]: CPU matmul against GGML-quantized weights
+//!   (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with 8-bit activations and integer dot products.
 //! - [`sample_rows`] with [`RowSampling`] / [`LogitAdjust`]: a batch of logits rows to token
 //!   ids on the device (temperature, top-k/p, min-p, sparse logit adjustments).
 
@@ -24,12 +26,14 @@ mod elem;
 pub mod fused;
 pub mod lora;
 pub mod paged;
+pub mod quant;
 pub mod sampling;
 #[doc(hidden)]
 pub mod testing;
 
 pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul, silu_and_mul_packed};
 pub use lora::{lora_delta, LoraTokens, SlotParams, NO_SLOT};
+pub use quant::{qmatmul, PackedQ, QKind};
 pub use sampling::{sample_rows, LogitAdjust, RowSampling};
 pub use paged::{
     paged_attention, paged_attention_split_k, reshape_and_cache, PagedAttentionMeta, SeqSpan,

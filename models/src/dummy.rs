@@ -42,6 +42,6 @@ pub fn load_dummy(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, opts.device.clone());
     let model =
-        crate::arch::load(vb, &config).map_err(|source| ModelError::Weights { dir: dir.to_owned(), source })?;
-    Ok(LoadedModel { model, config, generation, dir: dir.to_owned(), dtype, device: opts.device.clone() })
+        crate::arch::load(vb.into(), &config).map_err(|source| ModelError::Weights { dir: dir.to_owned(), source })?;
+    Ok(LoadedModel { model, config, generation, dir: dir.to_owned(), dtype, device: opts.device.clone(), quantization: None })
 }

@@ -14,7 +14,8 @@
 //!   adapters into slots ([`Model::set_lora_slot`]) and apply them per token.
 //! - [`TrainableModel`]: the same decoder in differentiable ops with trainable LoRA
 //!   adapters ([`LoraSpec`]), for fine-tuning; saves PEFT adapters.
-//! - [`gguf`]: GGUF → Hugging Face directory converter; [`source`]: model references (local
+//! - [`gguf`]: GGUF files: served as stored ([`gguf::GgufWeights`]), converted to a Hugging
+//!   Face directory, or written quantized ([`gguf::quantize`]); [`source`]: model references (local
 //!   directories or Hugging Face repo ids).
 
 pub mod arch;
@@ -36,6 +37,7 @@ mod proptests;
 mod test_support;
 
 pub use batch::{ForwardBatch, LogitsRows, SeqInput};
+pub use candle_core::quantized::GgmlDType;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use dummy::load_dummy;

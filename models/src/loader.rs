@@ -4,14 +4,18 @@
 use std::{
     collections::BTreeSet,
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::{
     error::{ModelError, Result},
+    gguf::{GgufWeights, GGUF_LINK},
+    layers::weights::{Isq, QuantSource, Vb},
     Model, ModelConfig,
 };
 
@@ -22,11 +26,49 @@ pub struct LoadOptions {
     /// Compute and storage dtype; `None` picks f32 on the CPU and bf16 on a GPU. Weights stored
     /// in another dtype are converted as they load.
     pub dtype: Option<DType>,
+    /// In-situ quantization of a safetensors checkpoint's projections to this type as they
+    /// load (`--quantization`); a GGUF-backed directory keeps the file's own types.
+    pub quantization: Option<GgmlDType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: None }
+        Self { device: Device::Cpu, dtype: None, quantization: None }
+    }
+}
+
+/// The weights of a model directory: safetensors (memory-mapped), or the GGUF file a
+/// `keep_quantized` conversion linked as `model.gguf`.
+pub(crate) enum Checkpoint {
+    Safetensors(Vec<PathBuf>),
+    Gguf(Arc<GgufWeights>),
+}
+
+impl Checkpoint {
+    /// Finds and checks the weights of `dir` (headers only; no tensor is read).
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let link = dir.join(GGUF_LINK);
+        if link.exists() && !dir.join("model.safetensors").exists() && !dir.join("model.safetensors.index.json").exists() {
+            let w = GgufWeights::open(&link).map_err(|e| ModelError::CorruptWeights { path: link.clone(), reason: e.to_string() })?;
+            return Ok(Self::Gguf(w));
+        }
+        let files = weight_files(dir)?;
+        for f in &files {
+            check_safetensors(f)?;
+        }
+        Ok(Self::Safetensors(files))
+    }
+
+    /// The dense view for candle's [`VarBuilder`] (`dtype` on `device`).
+    pub(crate) fn var_builder(&self, dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        match self {
+            // SAFETY: the files are memory-mapped read-only; flint never writes them, and their
+            // headers were just validated. Like every mmap user we rely on nobody truncating them
+            // while the model is loaded.
+            Self::Safetensors(files) => unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
+                .map_err(|source| ModelError::Weights { dir: dir.to_owned(), source }),
+            Self::Gguf(w) => Ok(w.var_builder(dtype, device)),
+        }
     }
 }
 
@@ -77,6 +119,8 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     pub dtype: DType,
     pub device: Device,
+    /// Where quantized weights came from (`None`: dense), for logs and `/v1/models`.
+    pub quantization: Option<String>,
 }
 
 /// Loads the model in `dir`.
@@ -86,19 +130,23 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let generation = read_generation_config(dir)?;
-    let files = weight_files(dir)?;
-    for f in &files {
-        check_safetensors(f)?;
-    }
+    let checkpoint = Checkpoint::open(dir)?;
     let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
-    // SAFETY: the files are memory-mapped read-only; flint never writes them, and their
-    // headers were just validated. Like every mmap user we rely on nobody truncating them
-    // while the model is loaded.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &opts.device) }
+    let vb = checkpoint.var_builder(dir, dtype, &opts.device)?;
+    let quant: Option<Arc<dyn QuantSource>> = match (&checkpoint, opts.quantization) {
+        (Checkpoint::Gguf(w), _) => Some(w.clone()),
+        (Checkpoint::Safetensors(_), Some(dtype)) => Some(Arc::new(Isq { dtype })),
+        (Checkpoint::Safetensors(_), None) => None,
+    };
+    let quantization = quant.as_ref().map(|q| q.describe());
+    if let Some(q) = &quantization {
+        tracing::info!("{}: quantized weights from {q}", dir.display());
+    }
+    let model = crate::arch::load(Vb::new(vb, quant), &config)
         .map_err(|source| ModelError::Weights { dir: dir.to_owned(), source })?;
-    let model = crate::arch::load(vb, &config)
-        .map_err(|source| ModelError::Weights { dir: dir.to_owned(), source })?;
-    Ok(LoadedModel { model, config, generation, dir: dir.to_owned(), dtype, device: opts.device.clone() })
+    // The GGUF map (if any) goes with `checkpoint` here: the model holds its own copies.
+    drop(checkpoint);
+    Ok(LoadedModel { model, config, generation, dir: dir.to_owned(), dtype, device: opts.device.clone(), quantization })
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => cli::serve::main(args),
         Command::Run(args) => cli::run::main(args),
         Command::Convert(args) => cli::convert::main(args),
+        Command::Quantize(args) => cli::quantize::main(args),
         Command::Bench(args) => cli::bench::main(args),
     };
     match result {

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 /// A server over an engine that runs one sequence at a time (so others wait in its queue).
 fn one_at_a_time(cfg: ServerConfig) -> Server {
     let dir = model_dir();
-    let mut ecfg = EngineConfig::new(dir.path(), LoadOptions { device: flint_engine::models::Device::Cpu, dtype: None });
+    let mut ecfg = EngineConfig::new(dir.path(), LoadOptions { device: flint_engine::models::Device::Cpu, dtype: None, quantization: None });
     ecfg.kv_cache = KvCacheBudget::Blocks(512);
     ecfg.block_size = 4;
     ecfg.max_num_seqs = 1;

@@ -6,10 +6,10 @@
 //! not applied (full attention), which is exact for contexts within the window.
 //! Reference: transformers' `models/llama/modeling_llama.py`.
 
-use candle_nn::VarBuilder;
+use crate::layers::weights::Vb;
 
 use crate::{layers::decoder::DecoderModel, ModelConfig};
 
-pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> candle_core::Result<DecoderModel> {
+pub fn load(vb: Vb, cfg: &ModelConfig) -> candle_core::Result<DecoderModel> {
     DecoderModel::load(vb, cfg)
 }

@@ -5,11 +5,11 @@
 //! `head_dim` that need not equal hidden_size / num_heads. Reference: transformers'
 //! `models/qwen3/modeling_qwen3.py`.
 
-use candle_nn::VarBuilder;
+use crate::layers::weights::Vb;
 
 use crate::{layers::decoder::DecoderModel, ModelConfig};
 
-pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> candle_core::Result<DecoderModel> {
+pub fn load(vb: Vb, cfg: &ModelConfig) -> candle_core::Result<DecoderModel> {
     debug_assert!(cfg.qk_norm, "Qwen3 normalises q and k per head");
     DecoderModel::load(vb, cfg)
 }

@@ -5,15 +5,29 @@
 //! - [`reader`]: our own bounds-checked GGUF v2/v3 parser over a memory map.
 //! - [`convert`]: tensor name mapping, dequantization (candle), q/k un-permutation, config.
 //! - [`tokenizer`]: rebuilding `tokenizer.json` / `tokenizer_config.json` from GGUF metadata.
+//! - [`GgufWeights`]: the file's tensors served as they are stored (quantized projections and
+//!   embedding), for a directory that [`convert`] wrote with `keep_quantized` (config and
+//!   tokenizer files plus a `model.gguf` link to the source, no dequantized copy).
 //!
 //! Only the `llama` architecture is supported. Everything is written into a temporary
 //! directory next to `out_dir` and renamed into place only when every file is complete.
 
 mod convert;
 mod params;
+mod quantize;
 mod reader;
 mod tokenizer;
 mod value;
+mod weights;
+mod writer;
+
+pub use quantize::{
+    ggml_type_name, quantize, ParseQuantTypeError, QuantType, QuantizeOptions, QuantizeReport,
+};
+pub use weights::GgufWeights;
+
+/// The link to the source file in a directory converted with `keep_quantized`.
+pub const GGUF_LINK: &str = "model.gguf";
 
 mod test_writer;
 #[cfg(test)]
@@ -22,6 +36,8 @@ mod proptests;
 mod tests;
 #[cfg(test)]
 mod tests_reader;
+#[cfg(test)]
+mod tests_writer;
 
 use std::fmt;
 use std::fs;
@@ -88,6 +104,9 @@ pub struct ConvertOptions {
     pub dtype: OutDType,
     /// Show a per-tensor progress bar on stderr.
     pub progress: bool,
+    /// Write no weights: link the source file as [`GGUF_LINK`] and serve its tensors as they
+    /// are stored ([`GgufWeights`]).
+    pub keep_quantized: bool,
 }
 
 /// What [`convert`] produced.
@@ -222,7 +241,11 @@ pub fn convert(
             source,
         })?;
 
-    convert::write_safetensors(&file, &plan, opts, &tmp.path().join("model.safetensors"))?;
+    if opts.keep_quantized {
+        link_source(gguf, &tmp.path().join(GGUF_LINK))?;
+    } else {
+        convert::write_safetensors(&file, &plan, opts, &tmp.path().join("model.safetensors"))?;
+    }
     let config = params::config_json(&params, &tok, opts.dtype);
     write_json(&tmp.path().join("config.json"), &config)?;
     let gen = params::generation_config_json(&tok);
@@ -266,6 +289,16 @@ pub fn convert(
         out_dir: out_dir.to_path_buf(),
         bytes_written,
     })
+}
+
+/// Links `link` to the canonical path of `gguf` (a copy where links are not supported).
+fn link_source(gguf: &Path, link: &Path) -> Result<(), GgufError> {
+    let real = fs::canonicalize(gguf).map_err(|source| GgufError::Io { path: gguf.to_path_buf(), source })?;
+    #[cfg(unix)]
+    let made = std::os::unix::fs::symlink(&real, link);
+    #[cfg(not(unix))]
+    let made = fs::copy(&real, link).map(|_| ());
+    made.map_err(|source| GgufError::Write { path: link.to_path_buf(), source })
 }
 
 fn check_out_dir(out_dir: &Path) -> Result<(), GgufError> {

@@ -19,6 +19,7 @@ pub(super) fn opts() -> ConvertOptions {
     ConvertOptions {
         dtype: OutDType::F32,
         progress: false,
+        keep_quantized: false,
     }
 }
 
@@ -141,6 +142,7 @@ fn untied_output_and_bf16() {
         &ConvertOptions {
             dtype: OutDType::BF16,
             progress: true,
+            keep_quantized: false,
         },
     )
     .unwrap();
@@ -359,6 +361,7 @@ fn convert_real_smollm2() {
         &ConvertOptions {
             dtype: OutDType::F32,
             progress: true,
+            keep_quantized: false,
         },
     )
     .unwrap();
@@ -417,6 +420,7 @@ fn convert_file_from_env() {
         &ConvertOptions {
             dtype,
             progress: true,
+            keep_quantized: false,
         },
     )
     .unwrap();

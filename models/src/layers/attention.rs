@@ -3,13 +3,12 @@
 //! attention, o_proj.
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 use flint_kernels::{paged_attention, reshape_and_cache};
 
 use crate::{
     batch::ForwardBatch,
     config::ModelConfig,
-    layers::{linear::Proj, norm::RmsNorm, rope::RopeRows},
+    layers::{linear::Proj, norm::RmsNorm, rope::RopeRows, weights::Vb},
     lora::TargetModule,
 };
 
@@ -27,7 +26,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    pub fn load(vb: Vb, cfg: &ModelConfig) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
         let qk_norm = if cfg.qk_norm {

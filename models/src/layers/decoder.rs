@@ -2,8 +2,10 @@
 //! `model.embed_tokens`, `model.layers.N.{input_layernorm, self_attn, post_attention_layernorm,
 //! mlp}`, `model.norm`, `lm_head` (or the embedding when tied).
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, Embedding, Linear, VarBuilder};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear};
 
 use crate::{
     batch::ForwardBatch,
@@ -14,7 +16,9 @@ use crate::{
         attention::Attention,
         mlp::Mlp,
         norm::RmsNorm,
+        qlinear::QLinear,
         rope::{RopeRows, RotaryEmbedding},
+        weights::Vb,
     },
     Model,
 };
@@ -28,7 +32,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    fn load(vb: Vb, cfg: &ModelConfig) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
@@ -63,36 +67,76 @@ impl DecoderLayer {
     }
 }
 
+/// The token embedding: dense, or quantized rows dequantized as they are looked up (a GGUF's
+/// `token_embd`, which a tied `lm_head` then shares).
+#[derive(Debug)]
+enum Embed {
+    Dense(Embedding),
+    Quant(Arc<QLinear>),
+}
+
+impl Embed {
+    fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        match self {
+            Embed::Dense(e) => e.forward(ids),
+            Embed::Quant(q) => q.embedding(ids, dtype),
+        }
+    }
+}
+
+/// The vocabulary projection: dense (possibly the dense embedding, tied) or quantized.
+#[derive(Debug)]
+enum LmHead {
+    Dense(Linear),
+    Quant(Arc<QLinear>),
+}
+
 /// A decoder-only transformer of the Llama family; the variants (q/k/v bias, q/k norm, RoPE
 /// scaling, tied embeddings) come from its [`ModelConfig`].
 #[derive(Debug)]
 pub struct DecoderModel {
     cfg: ModelConfig,
     dtype: DType,
-    embed_tokens: Embedding,
+    device: Device,
+    embed_tokens: Embed,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: LmHead,
     rope: RotaryEmbedding,
     /// LoRA slots allocated by `enable_lora` (0: LoRA off).
     lora_slots: usize,
 }
 
 impl DecoderModel {
-    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    pub fn load(vb: Vb, cfg: &ModelConfig) -> Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let (vocab, h) = (cfg.vocab_size, cfg.hidden_size);
+        let device = vb.device().clone();
+        let embed_vb = m.pp("embed_tokens");
+        let embed_tokens = match embed_vb.quant_embedding((vocab, h), "weight")? {
+            Some(rows) => Embed::Quant(Arc::new(QLinear::new(&rows, &device)?)),
+            None => Embed::Dense(Embedding::new(embed_vb.get((vocab, h), "weight")?, h)),
+        };
         let layers = (0..cfg.num_layers)
             .map(|i| DecoderLayer::load(m.pp("layers").pp(i), cfg))
             .collect::<Result<_>>()?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
-        } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        // A tied head shares a quantized embedding; in-situ quantization quantizes a tied head
+        // as a projection of its own (the embedding stays dense for exact row lookups).
+        let head_vb = if cfg.tie_word_embeddings { m.pp("embed_tokens") } else { vb.pp("lm_head") };
+        let lm_head = match (&embed_tokens, cfg.tie_word_embeddings) {
+            (Embed::Quant(q), true) => LmHead::Quant(q.clone()),
+            (embed, tied) => match head_vb.quant_linear((vocab, h), "weight")? {
+                Some(rows) => LmHead::Quant(Arc::new(QLinear::new(&rows, &device)?)),
+                None => match (embed, tied) {
+                    (Embed::Dense(e), true) => LmHead::Dense(Linear::new(e.embeddings().clone(), None)),
+                    _ => LmHead::Dense(Linear::new(head_vb.get((vocab, h), "weight")?, None)),
+                },
+            },
         };
         Ok(Self {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
+            device,
             embed_tokens,
             layers,
             norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
@@ -118,7 +162,7 @@ impl Model for DecoderModel {
     }
 
     fn enable_lora(&mut self, slots: usize, max_rank: usize) -> Result<()> {
-        let device = self.embed_tokens.embeddings().device().clone();
+        let device = self.device.clone();
         for layer in &mut self.layers {
             let DecoderLayer { self_attn, mlp, .. } = layer;
             for p in self_attn.projs_mut().into_iter().chain(mlp.projs_mut()) {
@@ -155,7 +199,7 @@ impl Model for DecoderModel {
             );
         }
         let rope = self.rope.for_positions(&batch.positions)?;
-        let mut x = self.embed_tokens.forward(&batch.input_ids)?;
+        let mut x = self.embed_tokens.forward(&batch.input_ids, self.dtype)?;
         let mut residual = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let (out, r) = layer.forward(&x, residual.as_ref(), &rope, batch, kv.layer(i)?)?;
@@ -167,6 +211,10 @@ impl Model for DecoderModel {
             Some(r) => self.norm.add_forward(&rows(&x)?, &rows(r)?)?.0,
             None => self.norm.forward(&rows(&x)?)?,
         };
-        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+        let logits = match &self.lm_head {
+            LmHead::Dense(l) => l.forward(&h)?,
+            LmHead::Quant(q) => q.forward(&h)?,
+        };
+        logits.to_dtype(DType::F32)
     }
 }

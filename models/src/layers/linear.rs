@@ -8,13 +8,22 @@
 //! and B transposed, `[slots, max_rank, out_part]`, zero-padded past each adapter's rank); each
 //! token picks its slot, so one pass serves many adapters and the base weights are never
 //! modified.
+//!
+//! On a quantized model the base is a [`QMatMul`] per run of same-typed parts (q|k|v fuse when
+//! the file stores all three in one type; a Q4_K_M file often keeps v in Q6_K, which then runs
+//! as its own matmul), with the bias added after. LoRA is unchanged: the deltas are f32 and
+//! added to whatever the base computed.
 
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::Linear;
 use flint_kernels::{lora_delta, LoraTokens, SlotParams};
 
+use crate::layers::{
+    qlinear::QLinear,
+    weights::{QuantRows, Vb},
+};
 use crate::lora::TargetModule;
 
 #[derive(Debug)]
@@ -40,40 +49,87 @@ struct Part {
     lora: Option<LoraStack>,
 }
 
+/// The frozen base weight of a [`Proj`].
+#[derive(Debug)]
+enum Base {
+    Dense(Linear),
+    /// Quantized matmuls over consecutive column ranges (their widths), then the bias.
+    Quant { groups: Vec<(QLinear, usize)>, bias: Option<Tensor> },
+}
+
+impl Base {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Base::Dense(l) => l.forward(x),
+            Base::Quant { groups, bias } => {
+                let mut outs = groups.iter().map(|(m, _)| m.forward(x)).collect::<Result<Vec<_>>>()?;
+                let y = if outs.len() == 1 { outs.swap_remove(0) } else { Tensor::cat(&outs, 1)? };
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Proj {
-    base: Linear,
+    base: Base,
     d_in: usize,
     parts: Vec<Part>,
 }
 
 impl Proj {
     /// A single checkpoint projection (`vb` holds its `weight` `[d_out, d_in]` and `bias`).
-    pub fn load(d_in: usize, d_out: usize, bias: bool, module: TargetModule, vb: VarBuilder) -> Result<Self> {
+    pub fn load(d_in: usize, d_out: usize, bias: bool, module: TargetModule, vb: Vb) -> Result<Self> {
         Self::load_fused(d_in, bias, &[(module, d_out, vb)])
     }
 
     /// Projections of one input fused into one: reads each part's `weight` `[d_out, d_in]` (and
     /// `bias` `[d_out]` when `bias`) and concatenates them along the output dim, in order. The
-    /// per-part tensors are dropped once the concatenation exists.
-    pub fn load_fused(d_in: usize, bias: bool, parts: &[(TargetModule, usize, VarBuilder)]) -> Result<Self> {
-        let mut weights = Vec::with_capacity(parts.len());
+    /// per-part tensors are dropped once the concatenation exists. When the source quantizes
+    /// every part, the base stays quantized.
+    pub fn load_fused(d_in: usize, bias: bool, parts: &[(TargetModule, usize, Vb)]) -> Result<Self> {
+        if parts.is_empty() {
+            candle_core::bail!("Proj::load_fused: no parts");
+        }
+        let layout: Vec<Part> =
+            parts.iter().map(|(module, d_out, _)| Part { module: *module, d_out: *d_out, lora: None }).collect();
         let mut biases = Vec::with_capacity(parts.len());
-        let mut layout = Vec::with_capacity(parts.len());
-        for (module, d_out, vb) in parts {
-            weights.push(vb.get((*d_out, d_in), "weight")?);
-            if bias {
+        if bias {
+            for (_, d_out, vb) in parts {
                 biases.push(vb.get(*d_out, "bias")?);
             }
-            layout.push(Part { module: *module, d_out: *d_out, lora: None });
         }
-        let (weight, bias) = match parts.len() {
-            0 => candle_core::bail!("Proj::load_fused: no parts"),
-            // A single part keeps its tensors as loaded (no copy).
-            1 => (weights.remove(0), biases.pop()),
-            _ => (Tensor::cat(&weights, 0)?, if bias { Some(Tensor::cat(&biases, 0)?) } else { None }),
+        let bias = match biases.len() {
+            0 => None,
+            1 => biases.pop(),
+            _ => Some(Tensor::cat(&biases, 0)?),
         };
-        Ok(Self { base: Linear::new(weight, bias), d_in, parts: layout })
+        let mut quant = Vec::with_capacity(parts.len());
+        for (_, d_out, vb) in parts {
+            match vb.quant_linear((*d_out, d_in), "weight")? {
+                Some(q) => quant.push(q),
+                None => break,
+            }
+        }
+        let device = parts[0].2.device().clone();
+        let base = if quant.len() == parts.len() {
+            Base::Quant { groups: quant_groups(quant, &device)?, bias }
+        } else {
+            let mut weights =
+                parts.iter().map(|(_, d_out, vb)| vb.get((*d_out, d_in), "weight")).collect::<Result<Vec<_>>>()?;
+            // A single part keeps its tensor as loaded (no copy).
+            let weight = if weights.len() == 1 { weights.swap_remove(0) } else { Tensor::cat(&weights, 0)? };
+            Base::Dense(Linear::new(weight, bias))
+        };
+        Ok(Self { base, d_in, parts: layout })
+    }
+
+    /// Whether the base weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.base, Base::Quant { .. })
     }
 
     /// The checkpoint modules this projection computes, in output-column order.
@@ -162,6 +218,24 @@ impl Proj {
     }
 }
 
+/// Consecutive parts of one type fused by row concatenation, each run one matmul.
+fn quant_groups(parts: Vec<QuantRows>, device: &Device) -> Result<Vec<(QLinear, usize)>> {
+    let mut runs: Vec<Vec<QuantRows>> = Vec::new();
+    for p in parts {
+        match runs.last_mut() {
+            Some(run) if run[0].dtype == p.dtype => run.push(p),
+            _ => runs.push(vec![p]),
+        }
+    }
+    runs.into_iter()
+        .map(|run| {
+            let rows = QuantRows::concat(run)?;
+            let width = rows.rows;
+            Ok((QLinear::new(&rows, device)?, width))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -175,13 +249,13 @@ mod tests {
     }
 
     /// q/k/v weights and biases under their checkpoint names.
-    fn qkv_vb(d_in: usize, outs: [usize; 3]) -> VarBuilder<'static> {
+    fn qkv_vb(d_in: usize, outs: [usize; 3]) -> Vb<'static> {
         let mut t = HashMap::new();
         for (i, (name, d_out)) in ["q_proj", "k_proj", "v_proj"].into_iter().zip(outs).enumerate() {
             t.insert(format!("{name}.weight"), rand(10 + i as u64, &[d_out, d_in]));
             t.insert(format!("{name}.bias"), rand(20 + i as u64, &[d_out]));
         }
-        VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
+        candle_nn::VarBuilder::from_tensors(t, DType::F32, &Device::Cpu).into()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -2,10 +2,13 @@
 //! matmul whose `[gate | up]` output feeds the packed SiLU-and-mul.
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 use flint_kernels::LoraTokens;
 
-use crate::{config::ModelConfig, layers::linear::Proj, lora::TargetModule};
+use crate::{
+    config::ModelConfig,
+    layers::{linear::Proj, weights::Vb},
+    lora::TargetModule,
+};
 
 #[derive(Debug)]
 pub struct Mlp {
@@ -15,7 +18,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+    pub fn load(vb: Vb, cfg: &ModelConfig) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate_up_proj: Proj::load_fused(

@@ -6,4 +6,6 @@ pub mod decoder;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod qlinear;
 pub mod rope;
+pub mod weights;

@@ -2,7 +2,7 @@
 //! add everywhere after (flint-kernels' `add_rms_norm`), so the residual stream is read once.
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
+use crate::layers::weights::Vb;
 
 #[derive(Debug)]
 pub struct RmsNorm {
@@ -11,7 +11,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn load(size: usize, eps: f64, vb: Vb) -> Result<Self> {
         Ok(Self { weight: vb.get(size, "weight")?, eps: eps as f32 })
     }
 

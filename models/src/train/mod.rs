@@ -17,13 +17,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use candle_core::{DType, Device, Result as CResult, Tensor, Var};
-use candle_nn::VarBuilder;
 
 use crate::{
     config::ModelConfig,
     error::{ModelError, Result},
     layers::rope::inv_freq,
-    loader::{check_safetensors, weight_files},
+    loader::Checkpoint,
     lora::TargetModule,
 };
 
@@ -131,14 +130,9 @@ impl TrainableModel {
     /// [`TargetModule`] order, row-major.
     pub fn load(dir: &Path, cfg: &ModelConfig, device: &Device, spec: &LoraSpec, seed: u64) -> Result<Self> {
         spec.check().map_err(|(field, reason)| ModelError::InvalidLoraSpec { field, reason })?;
-        let files = weight_files(dir)?;
-        for f in &files {
-            check_safetensors(f)?;
-        }
-        // SAFETY: read-only maps of files flint never writes, headers just checked; see
-        // `loader::load`.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
-            .map_err(|source| ModelError::Weights { dir: dir.to_owned(), source })?;
+        // A GGUF-backed base is dequantized here: the frozen weights are what the quantized
+        // model computes with (dequantized blocks), in f32 for the gradients.
+        let vb = Checkpoint::open(dir)?.var_builder(dir, DType::F32, device)?;
         let weights = |e| ModelError::Weights { dir: dir.to_owned(), source: e };
         let mut rng = SplitMix64::new(seed);
         let m = vb.pp("model");

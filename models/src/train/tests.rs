@@ -23,7 +23,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Inference logits of every position of `ids` through the paged path.
 fn inference_logits(name: &str, ids: &[u32], adapter: Option<&LoraAdapter>) -> Tensor {
-    let mut m = load(&tiny(name), &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let mut m = load(&tiny(name), &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), quantization: None }).unwrap();
     if let Some(a) = adapter {
         m.model.enable_lora(1, a.rank).unwrap();
         m.model.set_lora_slot(0, Some(a)).unwrap();

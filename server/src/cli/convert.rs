@@ -21,7 +21,7 @@ pub struct ConvertArgs {
 
 pub fn main(args: ConvertArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let opts = ConvertOptions { dtype: args.dtype, progress: !args.quiet && std::io::stderr().is_terminal() };
+    let opts = ConvertOptions { dtype: args.dtype, progress: !args.quiet && std::io::stderr().is_terminal(), keep_quantized: false };
     let report = gguf::convert(&args.gguf, &args.out_dir, &opts)?;
     eprintln!(
         "converted {} tensors ({}) into {} ({:.1} MB)",

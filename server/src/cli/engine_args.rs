@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use flint_engine::models::{gguf::QuantType, GgmlDType};
 use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget, LoraSettings, SamplingDevice};
 
 /// Where the weights come from.
@@ -15,6 +16,11 @@ pub enum LoadFormat {
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
+    /// Quantize a safetensors model's projections as it loads (in-situ): q8_0, q4_0, q4_1,
+    /// q5_0, q5_1, q2_k ... q6_k (K-quants fall back like llama.cpp for rows that are not a
+    /// multiple of 256). A GGUF file keeps its own types.
+    #[arg(long, env = "FLINT_QUANTIZATION")]
+    pub quantization: Option<String>,
     /// Tokens per KV cache block.
     #[arg(long, env = "FLINT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
@@ -69,6 +75,17 @@ impl EngineArgs {
             args: EngineArgs,
         }
         <Only as clap::Parser>::parse_from(["flint"]).args
+    }
+
+    /// `--quantization` as a GGML type.
+    pub fn quantization(&self) -> anyhow::Result<Option<GgmlDType>> {
+        match &self.quantization {
+            None => Ok(None),
+            Some(s) => {
+                let t: QuantType = s.parse().map_err(|e| anyhow::anyhow!("--quantization: {e}"))?;
+                Ok(Some(t.ggml_dtype()))
+            }
+        }
     }
 
     pub fn config(&self, model_dir: &Path, load: LoadOptions) -> EngineConfig {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod engine_args;
+pub mod quantize;
 pub mod run;
 pub mod serve;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Convert a GGUF file (llama architecture) into a Hugging Face safetensors directory.
     Convert(convert::ConvertArgs),
+    /// Write a GGUF file of one quantization type (q8_0, q4_k, ...) from a llama GGUF file or a Hugging Face llama directory.
+    Quantize(quantize::QuantizeArgs),
     /// Measure an OpenAI-compatible server: TTFT, inter-token latency and tokens/s over a concurrency sweep.
     Bench(bench::BenchArgs),
 }
@@ -63,6 +66,10 @@ pub fn resolve_model(arg: Option<&str>) -> anyhow::Result<PathBuf> {
             dir.display()
         );
     };
+    let path = std::path::Path::new(arg);
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file() {
+        return crate::registry::gguf_model_dir(path, &flint_home().join("converted"), &|_| {});
+    }
     let r: ModelRef = arg.parse()?;
     let opts = ResolveOptions { allow_download: true, progress: true };
     Ok(source::resolve(&r, &opts)?)

@@ -63,7 +63,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .with_stop(args.stop.clone())?
         .with_seed(args.seed);
     let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
-    let load = LoadOptions { device: device()?, dtype };
+    let load = LoadOptions { device: device()?, dtype, quantization: args.engine.quantization()? };
     let mut cfg = args.engine.config(&dir, load);
     // One prompt: a cache for one sequence at full length is all `run` can use.
     cfg.max_num_seqs = 1;

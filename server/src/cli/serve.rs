@@ -151,7 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Catalog::default(),
     };
     // Each load puts its own model directory (and per-model options) into this template.
-    let mut template = args.engine.config(Path::new(""), LoadOptions { device: super::run::device()?, dtype });
+    let mut template = args.engine.config(Path::new(""), LoadOptions { device: super::run::device()?, dtype, quantization: args.engine.quantization()? });
     // Fine-tuned adapters are served through LoRA slots.
     template.lora = args.lora.settings().or(args.data_dir.as_ref().map(|_| Default::default()));
     let settings = LaunchSettings {

@@ -27,7 +27,8 @@ use crate::chat_template::ChatTemplate;
 pub enum Source {
     /// A Hugging Face-style directory (config.json, safetensors, tokenizer).
     Dir(PathBuf),
-    /// A GGUF file, converted once into flint's cache and loaded from there.
+    /// A GGUF file, served in its own quantization (config and tokenizer files are written
+    /// once into flint's cache).
     Gguf(PathBuf),
     /// `org/name[@rev]` from the Hugging Face cache (or downloaded when allowed).
     Hub(String),
@@ -115,28 +116,30 @@ impl Launcher {
                 let opts = ResolveOptions { allow_download: self.settings.allow_download, progress: false };
                 Ok(source::resolve(&r, &opts)?)
             }
-            Source::Gguf(file) => {
-                let convert_dir = &self.settings.convert_dir;
-                let out = convert_dir.join(converted_name(file)?);
-                if out.join("config.json").is_file() {
-                    return Ok(out);
-                }
-                progress("converting");
-                std::fs::create_dir_all(convert_dir)
-                    .with_context(|| format!("cannot create {}", convert_dir.display()))?;
-                let opts = ConvertOptions { dtype: OutDType::F32, progress: false };
-                let report =
-                    gguf::convert(file, &out, &opts).with_context(|| format!("converting {}", file.display()))?;
-                tracing::info!(
-                    "converted {} into {} ({} tensors)",
-                    file.display(),
-                    report.out_dir.display(),
-                    report.tensors
-                );
-                Ok(out)
-            }
+            Source::Gguf(file) => gguf_model_dir(file, &self.settings.convert_dir, progress),
         }
     }
+}
+
+/// The model directory of a GGUF file: its config and tokenizer files, written once into
+/// `convert_dir`, next to a link to the file, whose tensors are served as they are stored
+/// (no dequantized copy is written).
+pub fn gguf_model_dir(file: &Path, convert_dir: &Path, progress: &dyn Fn(&'static str)) -> anyhow::Result<PathBuf> {
+    let out = convert_dir.join(converted_name(file)?);
+    if out.join("config.json").is_file() {
+        return Ok(out);
+    }
+    progress("reading the GGUF metadata");
+    std::fs::create_dir_all(convert_dir).with_context(|| format!("cannot create {}", convert_dir.display()))?;
+    let opts = ConvertOptions { dtype: OutDType::F32, progress: false, keep_quantized: true };
+    let report = match gguf::convert(file, &out, &opts) {
+        Ok(r) => r,
+        // Another load of the same file got there first.
+        Err(gguf::GgufError::OutDirNotEmpty { .. }) if out.join("config.json").is_file() => return Ok(out),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+    };
+    tracing::info!("{} is served from {} ({} tensors)", file.display(), report.out_dir.display(), report.tensors);
+    Ok(out)
 }
 
 impl Launch for Launcher {
@@ -156,8 +159,9 @@ impl Launch for Launcher {
     }
 }
 
-/// A converted GGUF's directory name: the file's stem plus a hash of its canonical path, size
-/// and modification time, so a changed file is converted again.
+/// A GGUF's directory name: the file's stem plus a hash of its canonical path, size and
+/// modification time, so a changed file is read again (`-q`: the kind that links the file,
+/// apart from the f32 copies earlier versions wrote).
 fn converted_name(file: &Path) -> anyhow::Result<String> {
     let real = std::fs::canonicalize(file).with_context(|| format!("GGUF file {}", file.display()))?;
     let meta = std::fs::metadata(&real).with_context(|| format!("GGUF file {}", file.display()))?;
@@ -169,5 +173,5 @@ fn converted_name(file: &Path) -> anyhow::Result<String> {
     meta.len().hash(&mut h);
     meta.modified().ok().hash(&mut h);
     let stem = real.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    Ok(format!("{stem}-{:016x}", h.finish()))
+    Ok(format!("{stem}-{:016x}-q", h.finish()))
 }

@@ -39,7 +39,7 @@ use std::{
 pub use catalog::{parse_size, Catalog, CatalogEntry};
 pub use error::{FailedWhile, RegistryError};
 pub use keep_alive::KeepAlive;
-pub use launch::{Launch, LaunchSettings, Launcher, LoadOverrides, LoadRequest, Source};
+pub use launch::{gguf_model_dir, Launch, LaunchSettings, Launcher, LoadOverrides, LoadRequest, Source};
 pub use served::Served;
 pub use status::{LoadProgress, MemoryUse, ModelStatus};
 pub use supervise::{DEFAULT_MAX_RESTARTS, ENGINE_JOIN_TIMEOUT, FAILURE_POLL};

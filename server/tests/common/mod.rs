@@ -50,7 +50,7 @@ pub fn served(dir: &Path) -> Served {
 
 /// [`served`] with LoRA on (`lora`) or off (`None`).
 pub fn served_with(dir: &Path, lora: Option<LoraSettings>) -> Served {
-    let mut cfg = EngineConfig::new(dir, LoadOptions { device: flint_engine::models::Device::Cpu, dtype: None });
+    let mut cfg = EngineConfig::new(dir, LoadOptions { device: flint_engine::models::Device::Cpu, dtype: None, quantization: None });
     cfg.kv_cache = KvCacheBudget::Blocks(512);
     cfg.block_size = 4;
     cfg.lora = lora;

@@ -42,7 +42,7 @@ pub async fn admin_post(app: &Router, uri: &str, body: Value) -> Resp {
 
 pub fn launcher() -> Launcher {
     // The model directory is each load's own.
-    let mut template = EngineConfig::new("", LoadOptions { device: Device::Cpu, dtype: None });
+    let mut template = EngineConfig::new("", LoadOptions { device: Device::Cpu, dtype: None, quantization: None });
     template.block_size = 4;
     template.kv_cache = KvCacheBudget::Bytes(4 << 20);
     template.max_num_seqs = 8;

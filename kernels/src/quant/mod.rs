@@ -1,0 +1,202 @@
+//! Quantized matmul on the CPU: `y [T, N] = x [T, K] · Wᵀ` for weights `W [N, K]` stored in
+//! GGML's 32-wide block types ([`QKind`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), repacked at load into
+//! [`PackedQ`] (per-block scales widened to f32 and split from the quants, so the inner loop
+//! reads two flat streams).
+//!
+//! Each activation row is quantized once to 8 bits per 32-block ([`QuantizedRows`]), and the
+//! dot products are integer (`maddubs`/`madd` on AVX2), as llama.cpp does. Work is split by
+//! output rows across rayon's pool; each weight row is read from memory once per call and
+//! reused from L1 for every activation row, so a decode step of many sequences streams the
+//! weights once. AVX2+FMA is detected at run time; the portable loop is the fallback (and the
+//! reference the SIMD path is tested against).
+
+mod pack;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub use pack::QKind;
+
+/// Values per quantization block (every type here).
+pub const QK: usize = 32;
+
+/// A weight matrix `[n, k]` in one of the [`QKind`]s, repacked for [`qmatmul`].
+#[derive(Debug, Clone)]
+pub struct PackedQ {
+    kind: QKind,
+    n: usize,
+    k: usize,
+    /// Per block, row-major `[n, k / 32]`: the scale `d`.
+    d: Vec<f32>,
+    /// Per block: the offset `m` (Q4_1, Q5_1), empty otherwise.
+    m: Vec<f32>,
+    /// Per block: [`QKind::quant_bytes`] of quants, as in GGML (Q4: byte j holds elements j
+    /// and j + 16; Q5: the fifth bits expanded so a block is 32 unsigned bytes; Q8: i8).
+    qs: Vec<u8>,
+}
+
+impl PackedQ {
+    /// Outputs (`n`) and inputs (`k`).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    pub fn kind(&self) -> QKind {
+        self.kind
+    }
+
+    /// Bytes held (scales and quants).
+    pub fn size_in_bytes(&self) -> usize {
+        4 * (self.d.len() + self.m.len()) + self.qs.len()
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.k / QK
+    }
+}
+
+/// Activation rows quantized to 8 bits per 32-block: `d` the scale, `qs` the values, and two
+/// per-block sums the weight types need (`sum`: Σx for the offset of Q4_1/Q5_1; `qsum`: d·Σq for
+/// the zero point of Q4_0/Q5_0).
+#[derive(Debug, Default)]
+pub struct QuantizedRows {
+    rows: usize,
+    kb: usize,
+    d: Vec<f32>,
+    qs: Vec<i8>,
+    sum: Vec<f32>,
+    qsum: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` (`rows` rows of `k` values, `k` a multiple of 32), reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        let kb = k / QK;
+        self.rows = rows;
+        self.kb = kb;
+        let nb = rows * kb;
+        self.d.resize(nb, 0.0);
+        self.sum.resize(nb, 0.0);
+        self.qsum.resize(nb, 0.0);
+        self.qs.resize(nb * QK, 0);
+        for (b, xb) in x[..rows * k].chunks_exact(QK).enumerate() {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let q = &mut self.qs[b * QK..(b + 1) * QK];
+            let mut qsum = 0i32;
+            for (qi, &v) in q.iter_mut().zip(xb) {
+                let r = (v * inv).round() as i32;
+                *qi = r.clamp(-127, 127) as i8;
+                qsum += *qi as i32;
+            }
+            self.d[b] = d;
+            self.sum[b] = xb.iter().sum();
+            self.qsum[b] = d * qsum as f32;
+        }
+    }
+}
+
+/// The dot products of weight row `r` with every activation row, written to `out[t]`.
+type RowKernel = fn(&PackedQ, usize, &QuantizedRows, &mut [f32]);
+
+fn row_kernel() -> RowKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::available() {
+            return x86::rows_dot;
+        }
+    }
+    portable_rows_dot
+}
+
+/// The portable kernel: the same arithmetic as the SIMD ones (integer block dots, then scaled).
+pub(crate) fn portable_rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    let kb = w.blocks_per_row();
+    let qb = w.kind.quant_bytes();
+    for (t, o) in out.iter_mut().enumerate().take(x.rows) {
+        let mut acc = 0f32;
+        for b in 0..kb {
+            let wi = r * kb + b;
+            let xi = t * kb + b;
+            let wq = &w.qs[wi * qb..(wi + 1) * qb];
+            let xq = &x.qs[xi * QK..(xi + 1) * QK];
+            let dot: i32 = match w.kind {
+                QKind::Q4_0 | QKind::Q4_1 => (0..16)
+                    .map(|j| (wq[j] & 0x0f) as i32 * xq[j] as i32 + (wq[j] >> 4) as i32 * xq[j + 16] as i32)
+                    .sum(),
+                QKind::Q5_0 | QKind::Q5_1 => (0..QK).map(|j| wq[j] as i32 * xq[j] as i32).sum(),
+                QKind::Q8_0 => (0..QK).map(|j| wq[j] as i8 as i32 * xq[j] as i32).sum(),
+            };
+            acc += w.d[wi] * (x.d[xi] * dot as f32);
+            acc += match w.kind {
+                QKind::Q4_0 => -8.0 * w.d[wi] * x.qsum[xi],
+                QKind::Q5_0 => -16.0 * w.d[wi] * x.qsum[xi],
+                QKind::Q4_1 | QKind::Q5_1 => w.m[wi] * x.sum[xi],
+                QKind::Q8_0 => 0.0,
+            };
+        }
+        *o = acc;
+    }
+}
+
+/// Output rows per rayon task: enough work to amortize a task, enough tasks to balance.
+const ROWS_PER_TASK: usize = 64;
+
+/// Writes `y [rows, n]` for `x` already quantized.
+fn matmul_into(w: &PackedQ, x: &QuantizedRows, y: &mut [f32], kernel: RowKernel) {
+    let (n, rows) = (w.n, x.rows);
+    // Work per task is a run of output rows; results land transposed in a scratch strip and
+    // are scattered into `y` (row-major [rows, n]) afterwards.
+    let mut strips = vec![0f32; n * rows];
+    strips.par_chunks_mut(ROWS_PER_TASK * rows).enumerate().for_each(|(task, strip)| {
+        let first = task * ROWS_PER_TASK;
+        for (i, out) in strip.chunks_exact_mut(rows).enumerate() {
+            kernel(w, first + i, x, out);
+        }
+    });
+    for r in 0..n {
+        for t in 0..rows {
+            y[t * n + r] = strips[r * rows + t];
+        }
+    }
+}
+
+struct QMatmulOp<'a> {
+    w: &'a PackedQ,
+}
+
+impl CustomOp1 for QMatmulOp<'_> {
+    fn name(&self) -> &'static str {
+        "flint-qmatmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = match s {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("qmatmul: activations must be f32"),
+        };
+        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("qmatmul: x must be contiguous") };
+        let (rows, k) = l.shape().dims2()?;
+        if k != self.w.k {
+            candle_core::bail!("qmatmul: x has {k} columns, the weight {}", self.w.k);
+        }
+        let mut xq = QuantizedRows::default();
+        xq.quantize(&x[start..end], rows, k);
+        let mut y = vec![0f32; rows * self.w.n];
+        matmul_into(self.w, &xq, &mut y, row_kernel());
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.w.n))))
+    }
+}
+
+/// `x [T, K]` (f32, CPU) times `wᵀ` → `[T, N]`.
+pub fn qmatmul(x: &Tensor, w: &PackedQ) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        candle_core::bail!("qmatmul runs on f32 CPU tensors (got {:?} on {:?})", x.dtype(), x.device());
+    }
+    x.contiguous()?.apply_op1_no_bwd(&QMatmulOp { w })
+}
