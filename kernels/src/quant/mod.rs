@@ -6,13 +6,16 @@
 //! Each activation row is quantized once to 8 bits per 32-block ([`QuantizedRows`]), and the
 //! dot products are integer (`maddubs`/`madd` on AVX2), as llama.cpp does. Work is split by
 //! output rows across rayon's pool; each weight row is read from memory once per call and
-//! reused from L1 for every activation row, so a decode step of many sequences streams the
-//! weights once. AVX2+FMA is detected at run time; the portable loop is the fallback (and the
-//! reference the SIMD path is tested against).
+//! reused from L1 (and, in tiles of rows, from registers) for every activation row, so a decode
+//! step of many sequences streams the weights once. The instruction set is detected at run
+//! time: AVX-512 VNNI (`vnni`), else AVX2+FMA (`x86`), else the portable loop, which is also
+//! the reference the SIMD kernels are tested against (and what aarch64 runs).
 
 mod pack;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -66,6 +69,9 @@ impl PackedQ {
 pub struct QuantizedRows {
     rows: usize,
     kb: usize,
+    /// Each pair of blocks laid out `[b0 0..16 | b1 0..16 | b0 16..32 | b1 16..32]` (what the
+    /// VNNI kernel's Q4 unpacking produces) instead of block after block.
+    pair_order: bool,
     d: Vec<f32>,
     qs: Vec<i8>,
     sum: Vec<f32>,
@@ -73,11 +79,13 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x` (`rows` rows of `k` values, `k` a multiple of 32), reusing the buffers.
-    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+    /// Quantizes `x` (`rows` rows of `k` values, `k` a multiple of 32; a multiple of 64 for
+    /// `pair_order`), reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize, pair_order: bool) {
         let kb = k / QK;
         self.rows = rows;
         self.kb = kb;
+        self.pair_order = pair_order;
         let nb = rows * kb;
         self.d.resize(nb, 0.0);
         self.sum.resize(nb, 0.0);
@@ -98,24 +106,58 @@ impl QuantizedRows {
             self.sum[b] = xb.iter().sum();
             self.qsum[b] = d * qsum as f32;
         }
+        if pair_order {
+            let mut tmp = [0i8; 2 * QK];
+            for pair in self.qs.chunks_exact_mut(2 * QK) {
+                let (b0, b1) = pair.split_at(QK);
+                tmp[..16].copy_from_slice(&b0[..16]);
+                tmp[16..32].copy_from_slice(&b1[..16]);
+                tmp[32..48].copy_from_slice(&b0[16..]);
+                tmp[48..].copy_from_slice(&b1[16..]);
+                pair.copy_from_slice(&tmp);
+            }
+        }
     }
 }
 
 /// The dot products of weight row `r` with every activation row, written to `out[t]`.
 type RowKernel = fn(&PackedQ, usize, &QuantizedRows, &mut [f32]);
 
-fn row_kernel() -> RowKernel {
+/// The fastest kernel for `w` on this CPU, and whether it wants pair-ordered activations.
+fn row_kernel(w: &PackedQ) -> (RowKernel, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::env::var_os("FLINT_QMATMUL_NO_AVX512").is_none() && vnni::handles(w) {
+            return (vnni::rows_dot, vnni::x_pair_order(w.kind));
+        }
+        if x86::available() {
+            return (x86::rows_dot, false);
+        }
+    }
+    let _ = w;
+    (portable_rows_dot, false)
+}
+
+/// Every kernel this CPU can run for `w` (tests compare them with the portable one).
+#[cfg(test)]
+fn all_kernels(w: &PackedQ) -> Vec<(&'static str, RowKernel, bool)> {
+    let mut v: Vec<(&'static str, RowKernel, bool)> = vec![("portable", portable_rows_dot, false)];
     #[cfg(target_arch = "x86_64")]
     {
         if x86::available() {
-            return x86::rows_dot;
+            v.push(("avx2", x86::rows_dot, false));
+        }
+        if vnni::handles(w) {
+            v.push(("avx512-vnni", vnni::rows_dot, vnni::x_pair_order(w.kind)));
         }
     }
-    portable_rows_dot
+    let _ = w;
+    v
 }
 
 /// The portable kernel: the same arithmetic as the SIMD ones (integer block dots, then scaled).
 pub(crate) fn portable_rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    assert!(!x.pair_order, "activations quantized for another kernel");
     let kb = w.blocks_per_row();
     let qb = w.kind.quant_bytes();
     for (t, o) in out.iter_mut().enumerate().take(x.rows) {
@@ -185,10 +227,11 @@ impl CustomOp1 for QMatmulOp<'_> {
         if k != self.w.k {
             candle_core::bail!("qmatmul: x has {k} columns, the weight {}", self.w.k);
         }
+        let (kernel, pair_order) = row_kernel(self.w);
         let mut xq = QuantizedRows::default();
-        xq.quantize(&x[start..end], rows, k);
+        xq.quantize(&x[start..end], rows, k, pair_order);
         let mut y = vec![0f32; rows * self.w.n];
-        matmul_into(self.w, &xq, &mut y, row_kernel());
+        matmul_into(self.w, &xq, &mut y, kernel);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.w.n))))
     }
 }

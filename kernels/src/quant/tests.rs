@@ -65,12 +65,16 @@ fn simd_and_portable_kernels_agree() {
         let p = PackedQ::from_ggml(kind, n, k, &bytes).expect("pack");
         let x: Vec<f32> = lcg_tensor(5, &[rows, k], -3.0, 3.0).flatten_all().and_then(|t| t.to_vec1()).expect("x");
         let mut xq = QuantizedRows::default();
-        xq.quantize(&x, rows, k);
-        let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
-        matmul_into(&p, &xq, &mut a, portable_rows_dot);
-        matmul_into(&p, &xq, &mut b, row_kernel());
-        for (u, v) in a.iter().zip(&b) {
-            assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{kind:?}: {u} vs {v}");
+        xq.quantize(&x, rows, k, false);
+        let mut want = vec![0f32; rows * n];
+        matmul_into(&p, &xq, &mut want, portable_rows_dot);
+        for (name, kernel, pair_order) in all_kernels(&p) {
+            xq.quantize(&x, rows, k, pair_order);
+            let mut got = vec![0f32; rows * n];
+            matmul_into(&p, &xq, &mut got, kernel);
+            for (u, v) in want.iter().zip(&got) {
+                assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{kind:?} {name}: {u} vs {v}");
+            }
         }
     }
 }

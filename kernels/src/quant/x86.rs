@@ -20,6 +20,7 @@ pub(super) fn rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]
     // The unchecked loads below stay inside these ranges.
     assert!(x.kb == kb && (r + 1) * kb <= w.d.len() && (r + 1) * kb * qb <= w.qs.len());
     assert!(x.qs.len() >= x.rows * kb * QK && x.d.len() >= x.rows * kb && out.len() >= x.rows);
+    assert!(!x.pair_order, "activations quantized for another kernel");
     // SAFETY: AVX2 and FMA are present (asserted), and every pointer read stays inside the
     // slices whose lengths were just checked.
     unsafe { rows_dot_avx2(w, r, x, out) }

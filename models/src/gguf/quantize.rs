@@ -6,8 +6,8 @@
 //! Like llama.cpp's `llama-quantize`: 1-D tensors (norms) and `rope_freqs` stay F32; a matrix
 //! whose rows are not a whole number of the target's blocks falls back to a type whose blocks
 //! fit. Tensors are produced one at a time, so memory is bounded by the largest tensor.
-//! The Hugging Face side (config, tokenizer, tensor names, q/k permutation) is in
-//! `hf` module at the end of this file.
+//! The Hugging Face side (config, tokenizer, tensor names, q/k permutation) is the `hf`
+//! module at the end of this file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -126,7 +126,7 @@ impl QuantType {
         if dims.len() < 2 || name == ROPE_FREQS {
             return GgmlDType::F32;
         }
-        let fits = |d: GgmlDType| dims[0] % d.block_size() == 0;
+        let fits = |d: GgmlDType| dims[0].is_multiple_of(d.block_size());
         [self.ggml_dtype(), self.fallback()]
             .into_iter()
             .find(|&d| fits(d))
@@ -344,6 +344,8 @@ impl Job {
             }
         }
         let tensors = specs.len();
+        // The file first: no progress bar is drawn for a job that cannot start.
+        let writer = GgufWriter::create(out, metadata, specs)?;
         let progress = opts.progress.then(|| {
             let pb =
                 ProgressBar::with_draw_target(Some(tensors as u64), ProgressDrawTarget::stderr());
@@ -355,7 +357,7 @@ impl Job {
             pb
         });
         Ok(Self {
-            writer: GgufWriter::create(out, metadata, specs)?,
+            writer,
             out: out.to_path_buf(),
             counts,
             tensors,
@@ -573,7 +575,16 @@ mod hf {
             ));
         }
         let default_head_dim = hidden / n_head;
-        let head_dim = c.usize("head_dim")?.unwrap_or(default_head_dim);
+        let head_dim = match c.usize("head_dim")? {
+            Some(d) => d,
+            None if hidden.is_multiple_of(n_head) => default_head_dim,
+            None => {
+                return Err(c.invalid(
+                    "hidden_size",
+                    format!("{hidden} is not a multiple of num_attention_heads {n_head}"),
+                ))
+            }
+        };
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(c.invalid("head_dim", format!("{head_dim} must be even and positive")));
         }
@@ -701,22 +712,47 @@ mod hf {
     /// The tensors a llama with these parameters has, in llama.cpp's order, each checked to
     /// be in the checkpoint with the right shape; anything else in it is an error.
     fn plan(st: &MmapedSafetensors, path: &Path, p: &HfParams) -> Result<Vec<Planned>, GgufError> {
-        let (h, q_rows, kv_rows) = (p.hidden, p.n_head * p.head_dim, p.n_head_kv * p.head_dim);
+        // Saturating: a hostile config.json then fails the shape check instead of wrapping.
+        let (h, q_rows, kv_rows) = (
+            p.hidden,
+            p.n_head.saturating_mul(p.head_dim),
+            p.n_head_kv.saturating_mul(p.head_dim),
+        );
+        let mut present: std::collections::HashMap<String, Vec<usize>> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
         let mut plan = Vec::new();
+        // Checked as they are planned: a hostile layer count stops at the first missing one.
         let mut add = |gguf: String, hf: String, shape: Vec<usize>, permute_heads| {
+            let found = present
+                .remove(&hf)
+                .ok_or_else(|| GgufError::MissingTensor {
+                    path: path.to_path_buf(),
+                    tensor: hf.clone(),
+                })?;
+            if found != shape {
+                return Err(GgufError::BadTensor {
+                    path: path.to_path_buf(),
+                    tensor: hf,
+                    msg: format!("shape {found:?}, expected {shape:?} from config.json"),
+                });
+            }
             plan.push(Planned {
                 hf,
                 gguf,
                 shape,
                 permute_heads,
             });
+            Ok(())
         };
         add(
             "token_embd.weight".into(),
             "model.embed_tokens.weight".into(),
             vec![p.vocab_size, h],
             None,
-        );
+        )?;
         for l in 0..p.n_layer {
             for (g, hf) in LAYER_TENSORS {
                 let (shape, perm) = match g {
@@ -733,7 +769,7 @@ mod hf {
                     format!("model.layers.{l}.{hf}.weight"),
                     shape,
                     perm,
-                );
+                )?;
             }
         }
         add(
@@ -741,34 +777,14 @@ mod hf {
             "model.norm.weight".into(),
             vec![h],
             None,
-        );
+        )?;
         if !p.tied {
             add(
                 "output.weight".into(),
                 "lm_head.weight".into(),
                 vec![p.vocab_size, h],
                 None,
-            );
-        }
-        let mut present: std::collections::HashMap<String, Vec<usize>> = st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().to_vec()))
-            .collect();
-        for t in &plan {
-            let shape = present
-                .remove(&t.hf)
-                .ok_or_else(|| GgufError::MissingTensor {
-                    path: path.to_path_buf(),
-                    tensor: t.hf.clone(),
-                })?;
-            if shape != t.shape {
-                return Err(GgufError::BadTensor {
-                    path: path.to_path_buf(),
-                    tensor: t.hf.clone(),
-                    msg: format!("shape {shape:?}, expected {:?} from config.json", t.shape),
-                });
-            }
+            )?;
         }
         // Recomputed from rope_theta (inv_freq) or the same as the embeddings (tied lm_head).
         let skippable =
@@ -842,9 +858,11 @@ mod hf {
     ) -> Result<QuantizeReport, GgufError> {
         let (p, mut meta) = read_config(dir, &dir.join("config.json"))?;
         set_file_type(&mut meta, opts.qtype);
-        meta.extend(tokenizer_metadata(dir, p.vocab_size)?);
         let (st, st_path) = open_safetensors(dir)?;
+        // Before the tokenizer, which allocates vocab_size tokens: this checks it against the
+        // embedding's shape.
         let plan = plan(&st, &st_path, &p)?;
+        meta.extend(tokenizer_metadata(dir, p.vocab_size)?);
 
         let mut specs = Vec::with_capacity(plan.len() + 1);
         if let Some(f) = &p.rope_freqs {

@@ -570,3 +570,38 @@ fn bad_inputs_name_the_file_and_leave_no_output() {
         "no output and no temporary file"
     );
 }
+
+#[test]
+fn hf_dir_with_sharded_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_tiny(dir.path());
+    let hf = dir.path().join("hf");
+    convert(&src, &hf, &ConvertOptions::default()).unwrap();
+    let st = load_st(&hf);
+    std::fs::remove_file(hf.join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut map = serde_json::Map::new();
+    for (name, t) in &st {
+        let (shard, file) = if name.contains("layers.1") {
+            (&mut b, "model-00002-of-00002.safetensors")
+        } else {
+            (&mut a, "model-00001-of-00002.safetensors")
+        };
+        shard.insert(name.clone(), t.clone());
+        map.insert(name.clone(), serde_json::json!(file));
+    }
+    candle_core::safetensors::save(&a, hf.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, hf.join("model-00002-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(hf.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let out = dir.path().join("sharded.gguf");
+    let report = quantize(&hf, &out, &qopts(QuantType::F32)).unwrap();
+    assert_eq!(report.tensors, st.len());
+    let back = dir.path().join("back");
+    convert(&out, &back, &ConvertOptions::default()).unwrap();
+    let sb = load_st(&back);
+    for (name, t) in &st {
+        assert_eq!(max_abs_diff(t, &sb[name]), 0.0, "{name}");
+    }
+}

@@ -35,7 +35,7 @@ impl TensorSpec {
     /// number of blocks or the size overflows.
     pub fn n_bytes(&self) -> Option<u64> {
         let block = self.dtype.block_size();
-        if self.dims.is_empty() || self.dims[0] % block != 0 {
+        if self.dims.is_empty() || !self.dims[0].is_multiple_of(block) {
             return None;
         }
         let elems = self
