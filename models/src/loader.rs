@@ -7,14 +7,13 @@ use std::{
     sync::Arc,
 };
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::{
     error::{ModelError, Result},
-    gguf::{GgufWeights, GGUF_LINK},
+    gguf::{GgufWeights, QuantType, GGUF_LINK},
     layers::weights::{Isq, QuantSource, Vb},
     Model, ModelConfig,
 };
@@ -28,7 +27,7 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// In-situ quantization of a safetensors checkpoint's projections to this type as they
     /// load (`--quantization`); a GGUF-backed directory keeps the file's own types.
-    pub quantization: Option<GgmlDType>,
+    pub quantization: Option<QuantType>,
 }
 
 impl Default for LoadOptions {
@@ -135,7 +134,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let vb = checkpoint.var_builder(dir, dtype, &opts.device)?;
     let quant: Option<Arc<dyn QuantSource>> = match (&checkpoint, opts.quantization) {
         (Checkpoint::Gguf(w), _) => Some(w.clone()),
-        (Checkpoint::Safetensors(_), Some(dtype)) => Some(Arc::new(Isq { dtype })),
+        (Checkpoint::Safetensors(_), Some(qtype)) => Some(Arc::new(Isq { qtype })),
         (Checkpoint::Safetensors(_), None) => None,
     };
     let quantization = quant.as_ref().map(|q| q.describe());

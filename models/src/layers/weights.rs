@@ -15,6 +15,8 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::gguf::QuantType;
+
 /// A 2-D quantized weight `[rows, cols]` (HF order: rows are outputs) as host bytes in GGML's
 /// block layout: each row is `cols / block_size` blocks, rows one after another.
 #[derive(Clone, Debug)]
@@ -86,32 +88,28 @@ pub trait QuantSource: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// In-situ quantization: every projection of a dense checkpoint quantized to `dtype` at load
-/// (embeddings stay dense; a tied `lm_head` is quantized as a projection).
+/// In-situ quantization: every projection of a dense checkpoint quantized to one type at load
+/// (embeddings stay dense; a tied `lm_head` is quantized as a projection), with the type per
+/// tensor chosen as `flint quantize` chooses it (llama.cpp's fallback for rows that are not a
+/// whole number of K-quant blocks).
 #[derive(Clone, Copy, Debug)]
 pub struct Isq {
-    pub dtype: GgmlDType,
+    pub qtype: QuantType,
 }
 
 impl Isq {
-    /// The type a `cols`-wide weight gets: `dtype`, or llama.cpp's fallback for a width that is
-    /// not a whole number of `dtype`'s blocks (K-quants need multiples of 256).
-    pub fn type_for(&self, cols: usize) -> Option<GgmlDType> {
-        use GgmlDType as G;
-        let fallback = match self.dtype {
-            G::Q2K | G::Q3K => G::Q4_0,
-            G::Q4K => G::Q5_0,
-            G::Q5K => G::Q5_1,
-            G::Q6K => G::Q8_0,
-            _ => G::Q8_0,
-        };
-        [self.dtype, fallback].into_iter().find(|d| cols.is_multiple_of(d.block_size()))
+    /// The type a `cols`-wide weight gets; `None`: it stays dense (a float type).
+    pub fn type_for(&self, name: &str, rows: usize, cols: usize) -> Option<GgmlDType> {
+        match self.qtype.tensor_dtype(name, &[cols, rows]) {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
+            d => Some(d),
+        }
     }
 }
 
 impl QuantSource for Isq {
     fn linear(&self, name: &str, shape: (usize, usize), dense: &VarBuilder) -> Result<Option<QuantRows>> {
-        let Some(dtype) = self.type_for(shape.1) else { return Ok(None) };
+        let Some(dtype) = self.type_for(name, shape.0, shape.1) else { return Ok(None) };
         let w = dense.root().get_with_hints_dtype(shape, name, candle_nn::Init::Const(0.), DType::F32)?;
         QuantRows::quantize(&w, dtype).map(Some)
     }
@@ -121,7 +119,7 @@ impl QuantSource for Isq {
     }
 
     fn describe(&self) -> String {
-        format!("isq {:?}", self.dtype)
+        format!("in-situ {}", self.qtype)
     }
 }
 
@@ -218,13 +216,13 @@ mod tests {
 
     #[test]
     fn isq_falls_back_like_llama_cpp_for_narrow_rows() {
-        let isq = Isq { dtype: GgmlDType::Q4K };
-        assert_eq!(isq.type_for(1536), Some(GgmlDType::Q4K));
-        assert_eq!(isq.type_for(576), Some(GgmlDType::Q5_0));
-        assert_eq!(isq.type_for(20), None);
+        let isq = Isq { qtype: QuantType::Q4K };
+        assert_eq!(isq.type_for("w", 8, 1536), Some(GgmlDType::Q4K));
+        assert_eq!(isq.type_for("w", 8, 576), Some(GgmlDType::Q5_0));
+        assert_eq!(isq.type_for("w", 8, 20), None, "f16: stays dense");
         let w = flint_kernels::testing::lcg_tensor(3, &[8, 64], -1.0, 1.0);
         let vb = VarBuilder::from_tensors(HashMap::from([("l.weight".to_string(), w)]), DType::F32, &Device::Cpu);
-        let vb = Vb::new(vb, Some(Arc::new(Isq { dtype: GgmlDType::Q8_0 })));
+        let vb = Vb::new(vb, Some(Arc::new(Isq { qtype: QuantType::Q8_0 })));
         let q = vb.pp("l").quant_linear((8, 64), "weight").expect("isq").expect("quantized");
         assert_eq!((q.dtype, q.rows, q.cols), (GgmlDType::Q8_0, 8, 64));
         assert!(vb.pp("l").quant_linear((8, 64), "missing").is_err());

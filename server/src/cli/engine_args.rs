@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use flint_engine::models::{gguf::QuantType, GgmlDType};
+use flint_engine::models::gguf::QuantType;
 use flint_engine::{models::LoadOptions, EngineConfig, KvCacheBudget, LoraSettings, SamplingDevice};
 
 /// Where the weights come from.
@@ -78,14 +78,8 @@ impl EngineArgs {
     }
 
     /// `--quantization` as a GGML type.
-    pub fn quantization(&self) -> anyhow::Result<Option<GgmlDType>> {
-        match &self.quantization {
-            None => Ok(None),
-            Some(s) => {
-                let t: QuantType = s.parse().map_err(|e| anyhow::anyhow!("--quantization: {e}"))?;
-                Ok(Some(t.ggml_dtype()))
-            }
-        }
+    pub fn quantization(&self) -> anyhow::Result<Option<QuantType>> {
+        self.quantization.as_deref().map(|s| s.parse().map_err(|e| anyhow::anyhow!("--quantization: {e}"))).transpose()
     }
 
     pub fn config(&self, model_dir: &Path, load: LoadOptions) -> EngineConfig {
