@@ -1,5 +1,6 @@
 # flint — the two commands of the README, plus helpers.
-#   make run    set up (release build + default model) and serve it at http://127.0.0.1:8000/v1
+#   make run    set up (release build + default model) and serve it at http://127.0.0.1:8000/v1,
+#               in its shipped quantization (the Q4_1 GGUF, served as stored)
 #   make test   set up and run the whole test suite (what CI runs)
 
 SHELL := /bin/bash
@@ -18,8 +19,10 @@ build:
 model: build
 	FLINT_BIN=$(FLINT) scripts/default-model.sh
 
+DEFAULT_GGUF := $(FLINT_HOME)/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+
 run: model
-	$(FLINT) serve $(ARGS)
+	$(FLINT) serve --model $(DEFAULT_GGUF) --served-model-name smollm2-135m-instruct $(ARGS)
 
 # One prompt on the terminal instead of a server.
 chat: model

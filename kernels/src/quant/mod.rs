@@ -62,9 +62,11 @@ impl PackedQ {
     }
 }
 
-/// Activation rows quantized to 8 bits per 32-block: `d` the scale, `qs` the values, and two
-/// per-block sums the weight types need (`sum`: Σx for the offset of Q4_1/Q5_1; `qsum`: d·Σq for
-/// the zero point of Q4_0/Q5_0).
+/// Activation rows quantized to 8 bits per 32-block: `d` the scale, `qs` the values, and
+/// `qsum` = d·Σq, which the zero points (Q4_0, Q5_0) and offsets (Q4_1, Q5_1) multiply. The
+/// offset takes the sum of the *quantized* activations, as llama.cpp's Q8_1 does: then the
+/// rounding error of the whole block dot is Σw·e, while the exact Σx would leave Σ(w − m)·e,
+/// about twice as large (m sits near −max|w|).
 #[derive(Debug, Default)]
 pub struct QuantizedRows {
     rows: usize,
@@ -74,7 +76,6 @@ pub struct QuantizedRows {
     pair_order: bool,
     d: Vec<f32>,
     qs: Vec<i8>,
-    sum: Vec<f32>,
     qsum: Vec<f32>,
 }
 
@@ -88,7 +89,6 @@ impl QuantizedRows {
         self.pair_order = pair_order;
         let nb = rows * kb;
         self.d.resize(nb, 0.0);
-        self.sum.resize(nb, 0.0);
         self.qsum.resize(nb, 0.0);
         self.qs.resize(nb * QK, 0);
         for (b, xb) in x[..rows * k].chunks_exact(QK).enumerate() {
@@ -103,7 +103,6 @@ impl QuantizedRows {
                 qsum += *qi as i32;
             }
             self.d[b] = d;
-            self.sum[b] = xb.iter().sum();
             self.qsum[b] = d * qsum as f32;
         }
         if pair_order {
@@ -178,7 +177,7 @@ pub(crate) fn portable_rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &
             acc += match w.kind {
                 QKind::Q4_0 => -8.0 * w.d[wi] * x.qsum[xi],
                 QKind::Q5_0 => -16.0 * w.d[wi] * x.qsum[xi],
-                QKind::Q4_1 | QKind::Q5_1 => w.m[wi] * x.sum[xi],
+                QKind::Q4_1 | QKind::Q5_1 => w.m[wi] * x.qsum[xi],
                 QKind::Q8_0 => 0.0,
             };
         }

@@ -52,7 +52,7 @@ fn qmatmul_matches_the_dequantized_matmul() {
             assert_eq!(got.dims(), [rows, n]);
             // Only the 8-bit activations differ from the exact product.
             let err = max_rel(&got, &want);
-            assert!(err < 0.02, "{kind:?} rows {rows}: {err}");
+            assert!(err < 0.012, "{kind:?} rows {rows}: {err}");
         }
     }
 }
@@ -91,4 +91,27 @@ fn bad_shapes_and_inputs_are_errors() {
     // A zero row quantizes to zeros, not NaN.
     let y = qmatmul(&Tensor::zeros((2, 64), candle_core::DType::F32, &Device::Cpu).expect("z"), &p).expect("mm");
     assert!(y.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("y").iter().all(|v| *v == 0.0));
+}
+
+/// The offsets of Q4_1/Q5_1 take the quantized activations' sums (llama.cpp's Q8_1): with the
+/// exact sums the error roughly doubles. candle's kernel (which does the same) is the yardstick.
+#[test]
+fn offset_types_are_no_less_accurate_than_candle() {
+    use candle_core::quantized::QMatMul;
+    use candle_core::Module;
+    for (kind, g) in [(QKind::Q4_1, GgmlDType::Q4_1), (QKind::Q5_1, GgmlDType::Q5_1)] {
+        let (n, k) = (64, 512);
+        let w = lcg_tensor(7, &[n, k], -1.0, 1.0);
+        let q = QTensor::quantize(&w, g).expect("quantize");
+        let deq = q.dequantize(&Device::Cpu).expect("dequantize");
+        let p = PackedQ::from_ggml(kind, n, k, &q.data().expect("bytes")).expect("pack");
+        // Activations with a few large channels, as real hidden states have.
+        let x = (lcg_tensor(8, &[4, k], -1.0, 1.0) * 0.5).expect("x");
+        let spikes = Tensor::from_vec((0..4 * k).map(|i| if i % 97 == 0 { 8.0f32 } else { 0.0 }).collect(), (4, k), &Device::Cpu).expect("s");
+        let x = (x + spikes).expect("x");
+        let exact = x.matmul(&deq.t().expect("t")).expect("exact");
+        let ours = max_rel(&qmatmul(&x, &p).expect("ours"), &exact);
+        let theirs = max_rel(&QMatMul::from_qtensor(q).expect("qmm").forward(&x).expect("candle"), &exact);
+        assert!(ours <= 1.25 * theirs, "{kind:?}: {ours} vs candle {theirs}");
+    }
 }

@@ -139,7 +139,7 @@ fn corrections(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
                 };
                 -zero * wd.iter().zip(&x.qsum[xs]).map(|(d, s)| d * s).sum::<f32>()
             }
-            QKind::Q4_1 | QKind::Q5_1 => w.m[r * kb..(r + 1) * kb].iter().zip(&x.sum[xs]).map(|(m, s)| m * s).sum(),
+            QKind::Q4_1 | QKind::Q5_1 => w.m[r * kb..(r + 1) * kb].iter().zip(&x.qsum[xs]).map(|(m, s)| m * s).sum(),
         };
     }
 }

@@ -84,7 +84,7 @@ unsafe fn rows_dot_avx2(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32
             }
             QKind::Q4_1 | QKind::Q5_1 => {
                 let wm = &w.m[r * kb..(r + 1) * kb];
-                total += wm.iter().zip(&x.sum[xs..xs + kb]).map(|(m, s)| m * s).sum::<f32>();
+                total += wm.iter().zip(&x.qsum[xs..xs + kb]).map(|(m, s)| m * s).sum::<f32>();
             }
             QKind::Q8_0 => {}
         }
