@@ -34,6 +34,16 @@ pub mod testing;
 pub use fused::{add_rms_norm, rotary_inplace, silu_and_mul, silu_and_mul_packed};
 pub use lora::{lora_delta, LoraTokens, SlotParams, NO_SLOT};
 pub use quant::{qmatmul, PackedQ, QKind};
+
+/// Runs `f` on a thread of the compute pool (rayon's, one thread per core) and waits for it.
+///
+/// A model step calls this once: every kernel inside then splits its work from a pool thread,
+/// which takes a share itself, instead of a foreign thread handing each of the step's ~120
+/// matmuls over and sleeping until they finish (on two cores the wake-ups were a quarter of a
+/// decode step).
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
 pub use sampling::{sample_rows, LogitAdjust, RowSampling};
 pub use paged::{
     paged_attention, paged_attention_split_k, reshape_and_cache, PagedAttentionMeta, SeqSpan,

@@ -77,6 +77,12 @@ pub struct QuantizedRows {
     d: Vec<f32>,
     qs: Vec<i8>,
     qsum: Vec<f32>,
+    /// Per block pair, 16 lanes each (the VNNI kernel's `vpdpbusd` lanes, four bytes a lane):
+    /// −zero·Σq of the lane's bytes (the zero point, in the integer dot), the lane's block
+    /// scale, and scale·Σq (what an offset `m` multiplies). Filled by `vnni::prepare`.
+    lane_zero: Vec<i32>,
+    lane_scale: Vec<f32>,
+    lane_msum: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -122,32 +128,52 @@ impl QuantizedRows {
 /// The dot products of weight row `r` with every activation row, written to `out[t]`.
 type RowKernel = fn(&PackedQ, usize, &QuantizedRows, &mut [f32]);
 
-/// The fastest kernel for `w` on this CPU, and whether it wants pair-ordered activations.
-fn row_kernel(w: &PackedQ) -> (RowKernel, bool) {
+/// A row kernel and how it wants the activations laid out.
+#[derive(Clone, Copy)]
+struct Kernel {
+    rows_dot: RowKernel,
+    pair_order: bool,
+    /// Per-lane activation data to compute after quantizing (`vnni::prepare`).
+    prepare: Option<fn(&mut QuantizedRows, QKind)>,
+}
+
+impl Kernel {
+    fn quantize(&self, xq: &mut QuantizedRows, x: &[f32], rows: usize, w: &PackedQ) {
+        xq.quantize(x, rows, w.k, self.pair_order);
+        if let Some(p) = self.prepare {
+            p(xq, w.kind);
+        }
+    }
+}
+
+const PORTABLE: Kernel = Kernel { rows_dot: portable_rows_dot, pair_order: false, prepare: None };
+
+/// The fastest kernel for `w` on this CPU.
+fn row_kernel(w: &PackedQ) -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::env::var_os("FLINT_QMATMUL_NO_AVX512").is_none() && vnni::handles(w) {
-            return (vnni::rows_dot, vnni::x_pair_order(w.kind));
+            return vnni::kernel(w.kind);
         }
         if x86::available() {
-            return (x86::rows_dot, false);
+            return Kernel { rows_dot: x86::rows_dot, pair_order: false, prepare: None };
         }
     }
     let _ = w;
-    (portable_rows_dot, false)
+    PORTABLE
 }
 
 /// Every kernel this CPU can run for `w` (tests compare them with the portable one).
 #[cfg(test)]
-fn all_kernels(w: &PackedQ) -> Vec<(&'static str, RowKernel, bool)> {
-    let mut v: Vec<(&'static str, RowKernel, bool)> = vec![("portable", portable_rows_dot, false)];
+fn all_kernels(w: &PackedQ) -> Vec<(&'static str, Kernel)> {
+    let mut v = vec![("portable", PORTABLE)];
     #[cfg(target_arch = "x86_64")]
     {
         if x86::available() {
-            v.push(("avx2", x86::rows_dot, false));
+            v.push(("avx2", Kernel { rows_dot: x86::rows_dot, pair_order: false, prepare: None }));
         }
         if vnni::handles(w) {
-            v.push(("avx512-vnni", vnni::rows_dot, vnni::x_pair_order(w.kind)));
+            v.push(("avx512-vnni", vnni::kernel(w.kind)));
         }
     }
     let _ = w;
@@ -226,11 +252,11 @@ impl CustomOp1 for QMatmulOp<'_> {
         if k != self.w.k {
             candle_core::bail!("qmatmul: x has {k} columns, the weight {}", self.w.k);
         }
-        let (kernel, pair_order) = row_kernel(self.w);
+        let kernel = row_kernel(self.w);
         let mut xq = QuantizedRows::default();
-        xq.quantize(&x[start..end], rows, k, pair_order);
+        kernel.quantize(&mut xq, &x[start..end], rows, self.w);
         let mut y = vec![0f32; rows * self.w.n];
-        matmul_into(self.w, &xq, &mut y, kernel);
+        matmul_into(self.w, &xq, &mut y, kernel.rows_dot);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.w.n))))
     }
 }

@@ -40,7 +40,7 @@ impl QKind {
         }
     }
 
-    fn has_offset(self) -> bool {
+    pub(crate) fn has_offset(self) -> bool {
         matches!(self, QKind::Q4_1 | QKind::Q5_1)
     }
 }

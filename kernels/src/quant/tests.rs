@@ -68,10 +68,10 @@ fn simd_and_portable_kernels_agree() {
         xq.quantize(&x, rows, k, false);
         let mut want = vec![0f32; rows * n];
         matmul_into(&p, &xq, &mut want, portable_rows_dot);
-        for (name, kernel, pair_order) in all_kernels(&p) {
-            xq.quantize(&x, rows, k, pair_order);
+        for (name, kernel) in all_kernels(&p) {
+            kernel.quantize(&mut xq, &x, rows, &p);
             let mut got = vec![0f32; rows * n];
-            matmul_into(&p, &xq, &mut got, kernel);
+            matmul_into(&p, &xq, &mut got, kernel.rows_dot);
             for (u, v) in want.iter().zip(&got) {
                 assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{kind:?} {name}: {u} vs {v}");
             }

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{PackedQ, QKind, QuantizedRows, QK};
+use super::{Kernel, PackedQ, QKind, QuantizedRows, QK};
 
 /// Activation rows per register tile.
 const TILE: usize = 4;
@@ -33,24 +33,68 @@ pub(super) fn x_pair_order(kind: QKind) -> bool {
     matches!(kind, QKind::Q4_0 | QKind::Q4_1)
 }
 
+/// The VNNI kernel for `kind` (callers check [`handles`]).
+pub(super) fn kernel(kind: QKind) -> Kernel {
+    Kernel { rows_dot, pair_order: x_pair_order(kind), prepare: Some(prepare) }
+}
+
+/// The block (0 or 1 of its pair) each of the 16 lanes belongs to.
+fn lane_blocks(kind: QKind) -> &'static [i32; 16] {
+    if x_pair_order(kind) {
+        &Nibbles::LANES
+    } else {
+        &Bytes::LANES
+    }
+}
+
+/// Fills the per-lane activation data: the zero point goes into the integer dot (the
+/// accumulator starts at −zero·Σq of the lane), the scale and the offset's sum are spread over
+/// their block's lanes, so the inner loop has no per-block scalar work.
+pub(super) fn prepare(x: &mut QuantizedRows, kind: QKind) {
+    let zero = match kind {
+        QKind::Q4_0 => 8,
+        QKind::Q5_0 => 16,
+        QKind::Q8_0 => 128,
+        QKind::Q4_1 | QKind::Q5_1 => 0,
+    };
+    let pairs = x.rows * x.kb / 2;
+    let lanes = lane_blocks(kind);
+    x.lane_zero.resize(pairs * 16, 0);
+    x.lane_scale.resize(pairs * 16, 0.0);
+    x.lane_msum.resize(pairs * 16, 0.0);
+    for p in 0..pairs {
+        let q = &x.qs[p * 2 * QK..(p + 1) * 2 * QK];
+        for l in 0..16 {
+            let sum: i32 = q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum();
+            let d = x.d[2 * p + lanes[l] as usize];
+            x.lane_zero[p * 16 + l] = -zero * sum;
+            x.lane_scale[p * 16 + l] = d;
+            x.lane_msum[p * 16 + l] = d * sum as f32;
+        }
+    }
+}
+
 pub(super) fn rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
     assert!(handles(w), "the VNNI kernel is only chosen where it applies");
     let kb = w.k / QK;
     let qb = w.kind.quant_bytes();
     // The unchecked loads below stay inside these ranges.
     assert!(x.kb == kb && (r + 1) * kb <= w.d.len() && (r + 1) * kb * qb <= w.qs.len());
-    assert!(x.qs.len() >= x.rows * kb * QK && x.d.len() >= x.rows * kb && out.len() >= x.rows);
+    assert!(x.qs.len() >= x.rows * kb * QK && out.len() >= x.rows);
+    assert!(x.lane_zero.len() >= x.rows * kb * 8 && x.lane_scale.len() >= x.rows * kb * 8 && x.lane_msum.len() >= x.rows * kb * 8);
+    assert!(!w.kind.has_offset() || (r + 1) * kb <= w.m.len());
     assert_eq!(x.pair_order, x_pair_order(w.kind), "activations quantized for another kernel");
     // SAFETY: the CPU has AVX-512 F/BW/VNNI (asserted through `handles`), and every pointer read
     // stays inside the slices whose lengths were just checked.
     unsafe {
         match w.kind {
-            QKind::Q4_0 | QKind::Q4_1 => dot_tiles::<Nibbles>(w, r, x, out),
-            QKind::Q5_0 | QKind::Q5_1 => dot_tiles::<Bytes>(w, r, x, out),
-            QKind::Q8_0 => dot_tiles::<Signed>(w, r, x, out),
+            QKind::Q4_0 => dot_tiles::<Nibbles, false>(w, r, x, out),
+            QKind::Q4_1 => dot_tiles::<Nibbles, true>(w, r, x, out),
+            QKind::Q5_0 => dot_tiles::<Bytes, false>(w, r, x, out),
+            QKind::Q5_1 => dot_tiles::<Bytes, true>(w, r, x, out),
+            QKind::Q8_0 => dot_tiles::<Signed, false>(w, r, x, out),
         }
     }
-    corrections(w, r, x, out);
 }
 
 /// How one block pair of weights becomes 64 unsigned bytes, and which lanes hold which block.
@@ -91,55 +135,47 @@ impl PairLoad for Signed {
     }
 }
 
+/// Two f32 per-block values of a pair spread over their lanes.
+#[inline(always)]
+unsafe fn spread(lanes: __m512i, p: *const f32) -> __m512 {
+    _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i))))
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot_tiles<L: PairLoad>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+unsafe fn dot_tiles<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
     let kb = w.k / QK;
     let qb = w.kind.quant_bytes();
     let wd = w.d.as_ptr().add(r * kb);
+    let wm = if OFFSET { w.m.as_ptr().add(r * kb) } else { wd };
     let wq = w.qs.as_ptr().add(r * kb * qb);
     let lanes = _mm512_loadu_si512(L::LANES.as_ptr() as *const __m512i);
+    let (xz, xs, xm) = (x.lane_zero.as_ptr(), x.lane_scale.as_ptr(), x.lane_msum.as_ptr());
+    let pairs = kb / 2;
     let mut t0 = 0;
     while t0 < x.rows {
         let tile = TILE.min(x.rows - t0);
         let mut acc = [_mm512_setzero_ps(); TILE];
-        for pair in 0..kb / 2 {
+        for pair in 0..pairs {
             let b = pair * 2;
             let wv = L::load(wq.add(b * qb));
-            let ws = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(wd.add(b) as *const __m128i))));
+            let ws = spread(lanes, wd.add(b));
+            let wo = if OFFSET { spread(lanes, wm.add(b)) } else { ws };
             for (t, a) in acc.iter_mut().enumerate().take(tile) {
                 let row = t0 + t;
+                let lane = (row * pairs + pair) * 16;
                 let xv = _mm512_loadu_si512(x.qs.as_ptr().add((row * kb + b) * QK) as *const __m512i);
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv);
-                let xs = _mm512_permutexvar_ps(
-                    lanes,
-                    _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(x.d.as_ptr().add(row * kb + b) as *const __m128i))),
-                );
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, xs), *a);
+                let start = _mm512_loadu_si512(xz.add(lane) as *const __m512i);
+                let dot = _mm512_dpbusd_epi32(start, wv, xv);
+                let scale = _mm512_mul_ps(ws, _mm512_loadu_ps(xs.add(lane)));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *a);
+                if OFFSET {
+                    *a = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm.add(lane)), *a);
+                }
             }
         }
         for (t, a) in acc.iter().enumerate().take(tile) {
             out[t0 + t] = _mm512_reduce_add_ps(*a);
         }
         t0 += tile;
-    }
-}
-
-/// Zero points (Q4_0: 8, Q5_0: 16, Q8_0 flipped: 128) and offsets (Q4_1, Q5_1), per block.
-fn corrections(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
-    let kb = w.k / QK;
-    let wd = &w.d[r * kb..(r + 1) * kb];
-    for (t, o) in out.iter_mut().enumerate().take(x.rows) {
-        let xs = t * kb..(t + 1) * kb;
-        *o += match w.kind {
-            QKind::Q4_0 | QKind::Q5_0 | QKind::Q8_0 => {
-                let zero = match w.kind {
-                    QKind::Q4_0 => 8.0,
-                    QKind::Q5_0 => 16.0,
-                    _ => 128.0,
-                };
-                -zero * wd.iter().zip(&x.qsum[xs]).map(|(d, s)| d * s).sum::<f32>()
-            }
-            QKind::Q4_1 | QKind::Q5_1 => w.m[r * kb..(r + 1) * kb].iter().zip(&x.qsum[xs]).map(|(m, s)| m * s).sum(),
-        };
     }
 }

@@ -191,6 +191,16 @@ impl Model for DecoderModel {
     }
 
     fn forward(&self, batch: &ForwardBatch, kv: &KvCache) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            flint_kernels::on_compute_pool(|| self.forward_step(batch, kv))
+        } else {
+            self.forward_step(batch, kv)
+        }
+    }
+}
+
+impl DecoderModel {
+    fn forward_step(&self, batch: &ForwardBatch, kv: &KvCache) -> Result<Tensor> {
         let max_pos = self.cfg.max_position_embeddings;
         if let Some(s) = batch.attn.seqs.iter().find(|s| s.context_len as usize > max_pos) {
             candle_core::bail!(
