@@ -125,8 +125,16 @@ impl QuantizedRows {
     }
 }
 
-/// The dot products of weight row `r` with every activation row, written to `out[t]`.
+/// The dot products of weight rows `r, r + 1, …` with every activation row: `out` holds
+/// `out.len() / x.rows` weight rows' results, each `x.rows` long.
 type RowKernel = fn(&PackedQ, usize, &QuantizedRows, &mut [f32]);
+
+/// A one-row kernel applied row by row.
+fn each_row(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32], one: fn(&PackedQ, usize, &QuantizedRows, &mut [f32])) {
+    for (i, o) in out.chunks_exact_mut(x.rows).enumerate() {
+        one(w, r + i, x, o);
+    }
+}
 
 /// A row kernel and how it wants the activations laid out.
 #[derive(Clone, Copy)]
@@ -182,6 +190,10 @@ fn all_kernels(w: &PackedQ) -> Vec<(&'static str, Kernel)> {
 
 /// The portable kernel: the same arithmetic as the SIMD ones (integer block dots, then scaled).
 pub(crate) fn portable_rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    each_row(w, r, x, out, portable_row_dot)
+}
+
+fn portable_row_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
     assert!(!x.pair_order, "activations quantized for another kernel");
     let kb = w.blocks_per_row();
     let qb = w.kind.quant_bytes();
@@ -221,10 +233,7 @@ fn matmul_into(w: &PackedQ, x: &QuantizedRows, y: &mut [f32], kernel: RowKernel)
     // are scattered into `y` (row-major [rows, n]) afterwards.
     let mut strips = vec![0f32; n * rows];
     strips.par_chunks_mut(ROWS_PER_TASK * rows).enumerate().for_each(|(task, strip)| {
-        let first = task * ROWS_PER_TASK;
-        for (i, out) in strip.chunks_exact_mut(rows).enumerate() {
-            kernel(w, first + i, x, out);
-        }
+        kernel(w, task * ROWS_PER_TASK, x, strip);
     });
     for r in 0..n {
         for t in 0..rows {

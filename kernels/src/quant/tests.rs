@@ -60,7 +60,7 @@ fn qmatmul_matches_the_dequantized_matmul() {
 #[test]
 fn simd_and_portable_kernels_agree() {
     for (kind, g) in KINDS {
-        let (n, k, rows) = (9, 256, 5);
+        let (n, k, rows) = (11, 256, 6);
         let (bytes, _) = weight(4, n, k, g);
         let p = PackedQ::from_ggml(kind, n, k, &bytes).expect("pack");
         let x: Vec<f32> = lcg_tensor(5, &[rows, k], -3.0, 3.0).flatten_all().and_then(|t| t.to_vec1()).expect("x");

@@ -75,15 +75,43 @@ pub(super) fn prepare(x: &mut QuantizedRows, kind: QKind) {
 }
 
 pub(super) fn rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    // Four weight rows at a time share each activation load; the rest one by one.
+    let quads = out.len() / x.rows / 4;
+    let (four, rest) = out.split_at_mut(quads * 4 * x.rows);
+    for (i, o) in four.chunks_exact_mut(4 * x.rows).enumerate() {
+        rows4_dot(w, r + 4 * i, x, o);
+    }
+    super::each_row(w, r + 4 * quads, x, rest, row_dot);
+}
+
+/// Checks what the unchecked loads of rows `r..r + nr` rely on.
+fn check(w: &PackedQ, r: usize, nr: usize, x: &QuantizedRows, out: &[f32]) {
     assert!(handles(w), "the VNNI kernel is only chosen where it applies");
     let kb = w.k / QK;
     let qb = w.kind.quant_bytes();
-    // The unchecked loads below stay inside these ranges.
-    assert!(x.kb == kb && (r + 1) * kb <= w.d.len() && (r + 1) * kb * qb <= w.qs.len());
-    assert!(x.qs.len() >= x.rows * kb * QK && out.len() >= x.rows);
+    assert!(x.kb == kb && (r + nr) * kb <= w.d.len() && (r + nr) * kb * qb <= w.qs.len());
+    assert!(x.qs.len() >= x.rows * kb * QK && out.len() >= nr * x.rows);
     assert!(x.lane_zero.len() >= x.rows * kb * 8 && x.lane_scale.len() >= x.rows * kb * 8 && x.lane_msum.len() >= x.rows * kb * 8);
-    assert!(!w.kind.has_offset() || (r + 1) * kb <= w.m.len());
+    assert!(!w.kind.has_offset() || (r + nr) * kb <= w.m.len());
     assert_eq!(x.pair_order, x_pair_order(w.kind), "activations quantized for another kernel");
+}
+
+fn rows4_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    check(w, r, 4, x, out);
+    // SAFETY: as in `row_dot`, for the four rows checked above.
+    unsafe {
+        match w.kind {
+            QKind::Q4_0 => dot4::<Nibbles, false>(w, r, x, out),
+            QKind::Q4_1 => dot4::<Nibbles, true>(w, r, x, out),
+            QKind::Q5_0 => dot4::<Bytes, false>(w, r, x, out),
+            QKind::Q5_1 => dot4::<Bytes, true>(w, r, x, out),
+            QKind::Q8_0 => dot4::<Signed, false>(w, r, x, out),
+        }
+    }
+}
+
+fn row_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    check(w, r, 1, x, out);
     // SAFETY: the CPU has AVX-512 F/BW/VNNI (asserted through `handles`), and every pointer read
     // stays inside the slices whose lengths were just checked.
     unsafe {
@@ -175,6 +203,59 @@ unsafe fn dot_tiles<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &
         }
         for (t, a) in acc.iter().enumerate().take(tile) {
             out[t0 + t] = _mm512_reduce_add_ps(*a);
+        }
+        t0 += tile;
+    }
+}
+
+/// Four weight rows × [`TILE`] activation rows per register block: 16 accumulators, and each
+/// activation pair (with its lane data) loaded once for the four rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot4<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    const R: usize = 4;
+    let kb = w.k / QK;
+    let qb = w.kind.quant_bytes();
+    let lanes = _mm512_loadu_si512(L::LANES.as_ptr() as *const __m512i);
+    let (xz, xs, xm) = (x.lane_zero.as_ptr(), x.lane_scale.as_ptr(), x.lane_msum.as_ptr());
+    let pairs = kb / 2;
+    let mut t0 = 0;
+    while t0 < x.rows {
+        let tile = TILE.min(x.rows - t0);
+        let mut acc = [[_mm512_setzero_ps(); TILE]; R];
+        for pair in 0..pairs {
+            let b = pair * 2;
+            let mut wv = [_mm512_setzero_si512(); R];
+            let mut ws = [_mm512_setzero_ps(); R];
+            let mut wo = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                let row = (r + i) * kb + b;
+                wv[i] = L::load(w.qs.as_ptr().add(row * qb));
+                ws[i] = spread(lanes, w.d.as_ptr().add(row));
+                if OFFSET {
+                    wo[i] = spread(lanes, w.m.as_ptr().add(row));
+                }
+            }
+            for t in 0..tile {
+                let xrow = t0 + t;
+                let lane = (xrow * pairs + pair) * 16;
+                let xv = _mm512_loadu_si512(x.qs.as_ptr().add((xrow * kb + b) * QK) as *const __m512i);
+                let start = _mm512_loadu_si512(xz.add(lane) as *const __m512i);
+                let xsc = _mm512_loadu_ps(xs.add(lane));
+                let xms = if OFFSET { _mm512_loadu_ps(xm.add(lane)) } else { xsc };
+                for i in 0..R {
+                    let dot = _mm512_dpbusd_epi32(start, wv[i], xv);
+                    let a = &mut acc[i][t];
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws[i], xsc), *a);
+                    if OFFSET {
+                        *a = _mm512_fmadd_ps(wo[i], xms, *a);
+                    }
+                }
+            }
+        }
+        for (i, accs) in acc.iter().enumerate() {
+            for (t, a) in accs.iter().enumerate().take(tile) {
+                out[i * x.rows + t0 + t] = _mm512_reduce_add_ps(*a);
+            }
         }
         t0 += tile;
     }

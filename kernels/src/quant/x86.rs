@@ -14,6 +14,10 @@ pub(super) fn available() -> bool {
 }
 
 pub(super) fn rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    super::each_row(w, r, x, out, row_dot)
+}
+
+fn row_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
     assert!(available(), "the AVX2 kernel is only chosen where AVX2 and FMA exist");
     let kb = w.k / QK;
     let qb = w.kind.quant_bytes();
