@@ -29,11 +29,13 @@ chat: model
 	$(FLINT) run --chat --max-tokens 128 "$(PROMPT)"
 
 # Unit + end-to-end tests on the CPU (the default-model tests are required, not skipped),
-# the OpenAI-client suite against `flint serve` (own venv), then a compile of the `cuda`
+# the OpenAI-client suite against `flint serve` (own venv), a check that the kernels compile
+# for aarch64, then a compile of the `cuda`
 # feature with the project's own CUDA toolchain script.
 test: model
 	FLINT_REQUIRE_DEFAULT_MODEL=1 $(CARGO) test --release --workspace --all-targets
 	FLINT_BIN=$(FLINT) scripts/pytest.sh
+	scripts/check-aarch64.sh
 	scripts/ci-cuda-build.sh
 
 cuda-build:

@@ -80,8 +80,11 @@ pub struct QuantizedRows {
     /// Per block pair, 16 lanes each (the VNNI kernel's `vpdpbusd` lanes, four bytes a lane):
     /// −zero·Σq of the lane's bytes (the zero point, in the integer dot), the lane's block
     /// scale, and scale·Σq (what an offset `m` multiplies). Filled by `vnni::prepare`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     lane_zero: Vec<i32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     lane_scale: Vec<f32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     lane_msum: Vec<f32>,
 }
 

@@ -235,6 +235,7 @@ unsafe fn dot4<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &Quant
                     wo[i] = spread(lanes, w.m.as_ptr().add(row));
                 }
             }
+            #[allow(clippy::needless_range_loop)] // `t` picks the accumulator of each of the R rows
             for t in 0..tile {
                 let xrow = t0 + t;
                 let lane = (xrow * pairs + pair) * 16;
