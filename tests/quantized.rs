@@ -31,13 +31,19 @@ fn argmaxes(t: &Tensor) -> Vec<u32> {
     t.argmax(1).unwrap().to_vec1().unwrap()
 }
 
+/// The synthetic 2-layer llama GGUF (F32 and Q8_0 tensors) in a temporary directory.
+fn tiny_gguf() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.gguf");
+    std::fs::write(&file, gguf::testing::tiny_llama_gguf()).unwrap();
+    (dir, file)
+}
+
 const PROMPT: [u32; 12] = [1, 17, 42, 99, 3, 250, 8, 61, 77, 5, 140, 33];
 
 #[test]
 fn a_gguf_served_as_stored_matches_its_dequantized_conversion() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny.gguf");
-    std::fs::write(&file, gguf::testing::tiny_llama_gguf()).unwrap();
+    let (dir, file) = tiny_gguf();
     convert(&file, &dir.path().join("q"), true);
     convert(&file, &dir.path().join("f32"), false);
     assert!(dir.path().join("q").join(gguf::GGUF_LINK).exists());
@@ -131,9 +137,7 @@ fn lora_on_a_quantized_base_adds_the_same_deltas() {
 
 #[test]
 fn fine_tuning_loads_a_gguf_base_dequantized() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny.gguf");
-    std::fs::write(&file, gguf::testing::tiny_llama_gguf()).unwrap();
+    let (dir, file) = tiny_gguf();
     convert(&file, &dir.path().join("q"), true);
     let served = load(&dir.path().join("q"), &opts(None)).unwrap();
     let spec = LoraSpec { rank: 4, alpha: 8.0, targets: BTreeSet::from([TargetModule::Q, TargetModule::V]) };

@@ -79,9 +79,9 @@ pub(super) fn rows_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]
     let quads = out.len() / x.rows / 4;
     let (four, rest) = out.split_at_mut(quads * 4 * x.rows);
     for (i, o) in four.chunks_exact_mut(4 * x.rows).enumerate() {
-        rows4_dot(w, r + 4 * i, x, o);
+        rows_n::<4>(w, r + 4 * i, x, o);
     }
-    super::each_row(w, r + 4 * quads, x, rest, row_dot);
+    super::each_row(w, r + 4 * quads, x, rest, rows_n::<1>);
 }
 
 /// Checks what the unchecked loads of rows `r..r + nr` rely on.
@@ -96,31 +96,18 @@ fn check(w: &PackedQ, r: usize, nr: usize, x: &QuantizedRows, out: &[f32]) {
     assert_eq!(x.pair_order, x_pair_order(w.kind), "activations quantized for another kernel");
 }
 
-fn rows4_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
-    check(w, r, 4, x, out);
-    // SAFETY: as in `row_dot`, for the four rows checked above.
-    unsafe {
-        match w.kind {
-            QKind::Q4_0 => dot4::<Nibbles, false>(w, r, x, out),
-            QKind::Q4_1 => dot4::<Nibbles, true>(w, r, x, out),
-            QKind::Q5_0 => dot4::<Bytes, false>(w, r, x, out),
-            QKind::Q5_1 => dot4::<Bytes, true>(w, r, x, out),
-            QKind::Q8_0 => dot4::<Signed, false>(w, r, x, out),
-        }
-    }
-}
-
-fn row_dot(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
-    check(w, r, 1, x, out);
+/// Rows `r..r + R` against every activation row.
+fn rows_n<const R: usize>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
+    check(w, r, R, x, out);
     // SAFETY: the CPU has AVX-512 F/BW/VNNI (asserted through `handles`), and every pointer read
     // stays inside the slices whose lengths were just checked.
     unsafe {
         match w.kind {
-            QKind::Q4_0 => dot_tiles::<Nibbles, false>(w, r, x, out),
-            QKind::Q4_1 => dot_tiles::<Nibbles, true>(w, r, x, out),
-            QKind::Q5_0 => dot_tiles::<Bytes, false>(w, r, x, out),
-            QKind::Q5_1 => dot_tiles::<Bytes, true>(w, r, x, out),
-            QKind::Q8_0 => dot_tiles::<Signed, false>(w, r, x, out),
+            QKind::Q4_0 => dot_rows::<Nibbles, false, R>(w, r, x, out),
+            QKind::Q4_1 => dot_rows::<Nibbles, true, R>(w, r, x, out),
+            QKind::Q5_0 => dot_rows::<Bytes, false, R>(w, r, x, out),
+            QKind::Q5_1 => dot_rows::<Bytes, true, R>(w, r, x, out),
+            QKind::Q8_0 => dot_rows::<Signed, false, R>(w, r, x, out),
         }
     }
 }
@@ -169,50 +156,10 @@ unsafe fn spread(lanes: __m512i, p: *const f32) -> __m512 {
     _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i))))
 }
 
+/// `R` weight rows × [`TILE`] activation rows per register block (R·TILE accumulators), each
+/// activation pair (with its lane data) loaded once for the R rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot_tiles<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
-    let kb = w.k / QK;
-    let qb = w.kind.quant_bytes();
-    let wd = w.d.as_ptr().add(r * kb);
-    let wm = if OFFSET { w.m.as_ptr().add(r * kb) } else { wd };
-    let wq = w.qs.as_ptr().add(r * kb * qb);
-    let lanes = _mm512_loadu_si512(L::LANES.as_ptr() as *const __m512i);
-    let (xz, xs, xm) = (x.lane_zero.as_ptr(), x.lane_scale.as_ptr(), x.lane_msum.as_ptr());
-    let pairs = kb / 2;
-    let mut t0 = 0;
-    while t0 < x.rows {
-        let tile = TILE.min(x.rows - t0);
-        let mut acc = [_mm512_setzero_ps(); TILE];
-        for pair in 0..pairs {
-            let b = pair * 2;
-            let wv = L::load(wq.add(b * qb));
-            let ws = spread(lanes, wd.add(b));
-            let wo = if OFFSET { spread(lanes, wm.add(b)) } else { ws };
-            for (t, a) in acc.iter_mut().enumerate().take(tile) {
-                let row = t0 + t;
-                let lane = (row * pairs + pair) * 16;
-                let xv = _mm512_loadu_si512(x.qs.as_ptr().add((row * kb + b) * QK) as *const __m512i);
-                let start = _mm512_loadu_si512(xz.add(lane) as *const __m512i);
-                let dot = _mm512_dpbusd_epi32(start, wv, xv);
-                let scale = _mm512_mul_ps(ws, _mm512_loadu_ps(xs.add(lane)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *a);
-                if OFFSET {
-                    *a = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xm.add(lane)), *a);
-                }
-            }
-        }
-        for (t, a) in acc.iter().enumerate().take(tile) {
-            out[t0 + t] = _mm512_reduce_add_ps(*a);
-        }
-        t0 += tile;
-    }
-}
-
-/// Four weight rows × [`TILE`] activation rows per register block: 16 accumulators, and each
-/// activation pair (with its lane data) loaded once for the four rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn dot4<L: PairLoad, const OFFSET: bool>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
-    const R: usize = 4;
+unsafe fn dot_rows<L: PairLoad, const OFFSET: bool, const R: usize>(w: &PackedQ, r: usize, x: &QuantizedRows, out: &mut [f32]) {
     let kb = w.k / QK;
     let qb = w.kind.quant_bytes();
     let lanes = _mm512_loadu_si512(L::LANES.as_ptr() as *const __m512i);
